@@ -1,0 +1,70 @@
+{
+  description = "bcm: Bitcoin Cache Machine as a NixOS flake. Bitcoin, Lightning and Monero nodes on hybrid NVMe/HDD storage, over Tor";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # Every directory under hosts/ is a NixOS configuration, so `bcm-tools gen-host`
+      # adds a host without touching this file.
+      hostNames = lib.attrNames (lib.filterAttrs (_: type: type == "directory") (builtins.readDir ./hosts));
+      mkHost =
+        name:
+        lib.nixosSystem {
+          modules = [
+            self.nixosModules.default
+            ./hosts/${name}
+          ];
+        };
+    in
+    {
+      nixosModules = import ./modules/flake-modules.nix;
+
+      nixosConfigurations = lib.genAttrs hostNames mkHost;
+
+      packages = forAllSystems (pkgs: rec {
+        bcm-tools = pkgs.callPackage ./pkgs/bcm-tools { };
+        default = bcm-tools;
+      });
+
+      apps = forAllSystems (pkgs: rec {
+        bcm-tools = {
+          type = "app";
+          program = lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.bcm-tools;
+        };
+        default = bcm-tools;
+      });
+
+      checks = forAllSystems (
+        pkgs:
+        import ./nixos-tests {
+          inherit pkgs self;
+        }
+        // {
+          bcm-tools = self.packages.${pkgs.stdenv.hostPlatform.system}.bcm-tools;
+        }
+      );
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.bcm-tools ];
+          packages = [
+            pkgs.nixfmt
+            pkgs.age
+            pkgs.python3Packages.pytest
+            pkgs.python3Packages.hypothesis
+          ];
+        };
+      });
+
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+    };
+}

@@ -1,0 +1,61 @@
+"""The one error hierarchy of bcm-tools.
+
+Domain modules raise these; the CLI converts them once into a message and an
+exit code. Nothing below the CLI prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class BcmError(Exception):
+    """Base of every error a user can cause or meet. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+    def lines(self) -> list[str]:
+        """The lines shown to the user, one problem per line."""
+        return [str(self)]
+
+
+class SpecError(BcmError):
+    """A cluster spec that cannot be used. Carries every problem found, each with its field path."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+    def lines(self) -> list[str]:
+        return [f"{path}: {msg}" if path else msg for path, msg in self.problems]
+
+
+class DriftError(BcmError):
+    """Generated files on disk differ from what the spec produces."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, paths: list[str]):
+        self.paths = paths
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        return [str(self)] + [f"  {p}" for p in self.paths]
+
+
+class UsageError(BcmError):
+    """A command was called with arguments that do not fit together."""
+
+    exit_code = 2
+
+
+class DaemonError(BcmError):
+    """A daemon (LND, bitcoind, monerod, Kafka, LXD) could not be reached or refused a call."""
+
+    exit_code = 3
+
+
+class CredentialError(BcmError):
+    """A key, identity or device could not be used (wrong key, refused on device, not connected)."""
+
+    exit_code = 4
