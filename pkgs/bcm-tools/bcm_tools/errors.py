@@ -30,19 +30,6 @@ class SpecError(BcmError):
         return [f"{path}: {msg}" if path else msg for path, msg in self.problems]
 
 
-class DriftError(BcmError):
-    """Generated files on disk differ from what the spec produces."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, paths: list[str]):
-        self.paths = paths
-        super().__init__(message)
-
-    def lines(self) -> list[str]:
-        return [str(self)] + [f"  {p}" for p in self.paths]
-
-
 class UsageError(BcmError):
     """A command was called with arguments that do not fit together."""
 
@@ -59,3 +46,32 @@ class CredentialError(BcmError):
     """A key, identity or device could not be used (wrong key, refused on device, not connected)."""
 
     exit_code = 4
+
+
+class GenerateError(BcmError):
+    """Generated files could not be written, or would overwrite a user's edits."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, paths: list[str] | None = None):
+        self.paths = paths or []
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        return [str(self)] + [f"  {p}" for p in self.paths]
+
+
+class DriftError(GenerateError):
+    """Generated files on disk differ from what the spec produces (`gen-host --check`)."""
+
+
+class BackupError(BcmError):
+    """A channel backup that cannot be used: truncated, damaged, or made by another node."""
+
+    exit_code = 5
+
+
+class TargetError(BcmError):
+    """A backup target (local directory, remote over SSH) could not take or give back a file."""
+
+    exit_code = 3

@@ -1,0 +1,486 @@
+"""The cluster spec (TOML, version 1): typed model, loading and validation.
+
+`load_spec` is the only way in. It returns a `ClusterSpec` whose every host has been checked
+for shape (pydantic), for consistency between services, and for capacity (sizing.py). Every
+problem found is collected and raised together in one `SpecError`, each with the field path a
+user reads in their TOML (`hosts[1].storage.bulk.size_gb`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import ipaddress
+import re
+import struct
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bcm_tools.errors import SpecError
+
+SPEC_VERSION = 1
+
+CLUSTER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+# RFC 1123 host label. No dots and no slashes, so a host name is always one safe path component.
+HOST_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+NFS_RE = re.compile(r"^(?P<server>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(?P<export>/[^\s\"\\$]*)$")
+DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9._:+@/=-]+$")
+MOUNT_POINT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+# A data tier mounted over one of these would hide part of the system.
+RESERVED_MOUNT_POINTS = ("/nix", "/boot", "/etc", "/var", "/var/lib", "/run", "/proc", "/sys", "/dev", "/usr", "/tmp", "/home", "/root")
+RESERVED_MOUNT_TREES = ("/nix/", "/boot/", "/etc/", "/run/", "/proc/", "/sys/", "/dev/", "/usr/", "/tmp/")
+
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+class Network(str, enum.Enum):
+    mainnet = "mainnet"
+    testnet4 = "testnet4"
+    signet = "signet"
+    regtest = "regtest"
+
+
+class System(str, enum.Enum):
+    x86_64_linux = "x86_64-linux"
+    aarch64_linux = "aarch64-linux"
+
+
+class Tier(str, enum.Enum):
+    fast = "fast"
+    bulk = "bulk"
+
+
+class Filesystem(str, enum.Enum):
+    ext4 = "ext4"
+    xfs = "xfs"
+    btrfs = "btrfs"
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_enum_values=False)
+
+
+# Strict mode refuses strings for enums; these validators accept the TOML spelling.
+def _enum_field(enum_type: type[enum.Enum]):
+    def parse(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return enum_type(value)
+            except ValueError:
+                choices = " | ".join(member.value for member in enum_type)
+                raise ValueError(f"{value!r} is not one of {choices}") from None
+        return value
+
+    return parse
+
+
+class Cluster(_Strict):
+    name: Annotated[str, Field(max_length=31)]
+    network: Network
+
+    _network = field_validator("network", mode="before")(_enum_field(Network))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CLUSTER_NAME_RE.match(value):
+            raise ValueError("must start with a lowercase letter and hold only a-z, 0-9 and '-'")
+        return value
+
+
+def check_ssh_public_key(line: str) -> str:
+    """Checks an OpenSSH public key line (`TYPE BASE64 [COMMENT]`) and returns it normalised."""
+    parts = line.strip().split(None, 2)
+    if len(parts) < 2:
+        raise ValueError("not an OpenSSH public key line (expected 'TYPE BASE64 [COMMENT]')")
+    key_type, blob = parts[0], parts[1]
+    if key_type not in SSH_KEY_TYPES:
+        raise ValueError(f"unknown key type {key_type!r} (expected one of {', '.join(SSH_KEY_TYPES)})")
+    try:
+        raw = base64.b64decode(blob, validate=True)
+        (length,) = struct.unpack(">I", raw[:4])
+        embedded = raw[4 : 4 + length].decode("ascii")
+    except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
+        raise ValueError("key data is not valid base64 of an SSH key blob") from None
+    if embedded != key_type:
+        raise ValueError(f"key data is a {embedded or 'malformed'} key but the line says {key_type}")
+    if len(raw) <= 4 + length:
+        raise ValueError("key data is truncated")
+    if any(c in line for c in "\n\r"):
+        raise ValueError("must be a single line")
+    return " ".join(parts)
+
+
+class Operator(_Strict):
+    user: str = "operator"
+    ssh_authorized_keys: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not UNIX_USER_RE.match(value):
+            raise ValueError("must be a Unix user name: a-z, 0-9, '_' or '-', at most 32 characters")
+        if value == "root":
+            raise ValueError("the operator must not be root")
+        return value
+
+    @field_validator("ssh_authorized_keys")
+    @classmethod
+    def _keys(cls, keys: list[str]) -> list[str]:
+        checked, problems = [], []
+        for index, key in enumerate(keys):
+            try:
+                checked.append(check_ssh_public_key(key))
+            except ValueError as err:
+                problems.append(f"[{index}] {err}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return checked
+
+
+class StorageTier(_Strict):
+    """One tier of storage: a local block device with a filesystem, or an NFS export."""
+
+    device: str | None = None
+    fs: Filesystem | None = None
+    nfs: str | None = None
+    size_gb: Annotated[int, Field(gt=0)]
+    mount_point: str | None = None
+    mount_options: list[str] = []
+
+    _fs = field_validator("fs", mode="before")(_enum_field(Filesystem))
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str | None) -> str | None:
+        if value is not None and not DEVICE_RE.match(value):
+            raise ValueError("must be a path under /dev/, such as /dev/disk/by-id/nvme-...")
+        return value
+
+    @field_validator("nfs")
+    @classmethod
+    def _nfs(cls, value: str | None) -> str | None:
+        if value is not None and not NFS_RE.match(value):
+            raise ValueError("must be SERVER:/EXPORT, such as smith:/hdd/blockchain")
+        return value
+
+    @field_validator("mount_point")
+    @classmethod
+    def _mount_point(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not MOUNT_POINT_RE.match(value) or "/../" in value + "/" or "/./" in value + "/":
+            raise ValueError("must be an absolute path of plain components, such as /srv/fast")
+        if value in RESERVED_MOUNT_POINTS or value.startswith(RESERVED_MOUNT_TREES):
+            raise ValueError(f"{value} is a system path; mount data tiers elsewhere, such as /srv/fast")
+        return value
+
+    @field_validator("mount_options")
+    @classmethod
+    def _mount_options(cls, values: list[str]) -> list[str]:
+        for option in values:
+            if not re.match(r"^[A-Za-z0-9_.,=:/@+-]+$", option):
+                raise ValueError(f"mount option {option!r} holds characters a mount option cannot")
+        return values
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StorageTier:
+        if self.device is not None and self.nfs is not None:
+            raise ValueError("give exactly one of device (with fs) or nfs, not both")
+        if self.device is None and self.nfs is None:
+            raise ValueError("give exactly one of device (with fs) or nfs")
+        if self.device is not None and self.fs is None:
+            raise ValueError("fs is required with device (ext4 | xfs | btrfs)")
+        if self.nfs is not None and self.fs is not None:
+            raise ValueError("fs applies to a device, not to an nfs export")
+        return self
+
+
+class Storage(_Strict):
+    fast: StorageTier
+    bulk: StorageTier | None = None
+
+
+class _Service(_Strict):
+    pass
+
+
+class BitcoindService(_Service):
+    prune_mb: Annotated[int, Field(ge=0)] = 0
+    txindex: bool = False
+    dbcache_mb: Annotated[int, Field(ge=4, le=65536)] = 450
+    port: Port | None = None
+    rpc_port: Port | None = None
+    blocks_tier: Tier = Tier.bulk
+    data_tier: Tier = Tier.fast
+
+    _tiers = field_validator("blocks_tier", "data_tier", mode="before")(_enum_field(Tier))
+
+    @field_validator("prune_mb")
+    @classmethod
+    def _prune(cls, value: int) -> int:
+        # bitcoind refuses prune targets below 550 MiB; 1 means manual pruning, which we don't manage.
+        if 0 < value < 550:
+            raise ValueError("must be 0 (full node) or at least 550 (bitcoind's minimum prune target)")
+        return value
+
+    @model_validator(mode="after")
+    def _txindex_needs_blocks(self) -> BitcoindService:
+        if self.txindex and self.prune_mb:
+            raise ValueError("txindex needs every block; set prune_mb = 0 or txindex = false")
+        return self
+
+
+class FulcrumService(_Service):
+    port: Port | None = None
+    ssl_port: Port | None = None
+    data_tier: Tier = Tier.fast
+
+    _tier = field_validator("data_tier", mode="before")(_enum_field(Tier))
+
+
+class LndService(_Service):
+    alias: Annotated[str, Field(max_length=32)] | None = None
+    port: Port | None = None
+    rpc_port: Port | None = None
+    rest_port: Port | None = None
+    data_tier: Tier = Tier.fast
+
+    _tier = field_validator("data_tier", mode="before")(_enum_field(Tier))
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > 32:
+            raise ValueError("LND aliases are at most 32 bytes")
+        if value is not None and any(ord(c) < 32 for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class MonerodService(_Service):
+    prune: bool = False
+    port: Port | None = None
+    rpc_port: Port | None = None
+    restricted_rpc_port: Port | None = None
+    data_tier: Tier = Tier.bulk
+
+    _tier = field_validator("data_tier", mode="before")(_enum_field(Tier))
+
+
+class TorService(_Service):
+    socks_port: Port | None = None
+
+
+class KafkaService(_Service):
+    port: Port | None = None
+    retention_gb: Annotated[int, Field(gt=0)] = 20
+    data_tier: Tier = Tier.fast
+
+    _tier = field_validator("data_tier", mode="before")(_enum_field(Tier))
+
+
+class Services(_Strict):
+    bitcoind: BitcoindService | None = None
+    fulcrum: FulcrumService | None = None
+    lnd: LndService | None = None
+    monerod: MonerodService | None = None
+    tor: TorService | None = None
+    kafka: KafkaService | None = None
+
+    def enabled(self) -> list[str]:
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+
+# Defaults here only for detecting clashes; the NixOS modules own the real defaults.
+DEFAULT_PORTS: dict[tuple[str, str], int] = {
+    ("bitcoind", "port"): 8333,
+    ("bitcoind", "rpc_port"): 8332,
+    ("fulcrum", "port"): 50001,
+    ("fulcrum", "ssl_port"): 50002,
+    ("lnd", "port"): 9735,
+    ("lnd", "rpc_port"): 10009,
+    ("lnd", "rest_port"): 8080,
+    ("monerod", "port"): 18080,
+    ("monerod", "rpc_port"): 18081,
+    ("monerod", "restricted_rpc_port"): 18089,
+    ("tor", "socks_port"): 9050,
+    ("kafka", "port"): 9092,
+}
+
+
+class Host(_Strict):
+    name: str
+    system: System = System.x86_64_linux
+    address: str
+    cpus: Annotated[int, Field(ge=1, le=1024)]
+    memory_mb: Annotated[int, Field(ge=256)]
+    storage: Storage
+    services: Services = Services()
+
+    _system = field_validator("system", mode="before")(_enum_field(System))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not HOST_LABEL_RE.match(value):
+            raise ValueError("must be an RFC 1123 host label: a-z, 0-9 and '-', 1-63 characters, not starting or ending with '-'")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        labels = value.rstrip(".").split(".")
+        if len(value) > 253 or not all(re.match(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", label) for label in labels):
+            raise ValueError("must be an IP address or a DNS name")
+        return value
+
+    def mount_point(self, tier: Tier) -> str:
+        storage = self.storage.fast if tier is Tier.fast else self.storage.bulk
+        default = f"/srv/{tier.value}"
+        return (storage.mount_point if storage and storage.mount_point else None) or default
+
+
+class ClusterSpec(_Strict):
+    version: Literal[1]
+    cluster: Cluster
+    operator: Operator
+    hosts: Annotated[list[Host], Field(min_length=1)]
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path
+
+
+def _message(error: dict[str, Any]) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    if kind == "literal_error" and error["loc"] == ("version",):
+        return f"unsupported spec version {error['input']!r} (this bcm-tools reads version {SPEC_VERSION})"
+    if kind.endswith("_type") or kind == "model_type":
+        expected = {
+            "int_type": "an integer",
+            "bool_type": "true or false",
+            "string_type": "a string",
+            "list_type": "a list",
+            "model_type": "a table",
+            "float_type": "a number",
+        }.get(kind, kind.removesuffix("_type"))
+        return f"expected {expected}, got {type(error['input']).__name__} {error['input']!r}"
+    return msg[0].lower() + msg[1:]
+
+
+def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in err.errors(include_url=False):
+        # Union members of `X | None` add a synthetic loc part naming the member class.
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+        problems.append((_field_path(loc), _message(error)))
+    return problems
+
+
+def _cross_checks(spec: ClusterSpec) -> list[tuple[str, str]]:
+    from bcm_tools.sizing import capacity_problems
+
+    problems: list[tuple[str, str]] = []
+    first_index: dict[str, int] = {}
+    for index, host in enumerate(spec.hosts):
+        at = f"hosts[{index}]"
+        if host.name in first_index:
+            problems.append((f"{at}.name", f"duplicate host name {host.name!r} (also hosts[{first_index[host.name]}])"))
+        else:
+            first_index[host.name] = index
+        services = host.services
+        for dependent in ("fulcrum", "lnd"):
+            if getattr(services, dependent) is not None and services.bitcoind is None:
+                problems.append((f"{at}.services.{dependent}", f"{dependent} needs bitcoind on the same host; add [hosts.services.bitcoind]"))
+        if services.fulcrum is not None and services.bitcoind is not None and services.bitcoind.prune_mb:
+            problems.append((f"{at}.services.bitcoind.prune_mb", "Fulcrum indexes every block and needs an unpruned bitcoind; set prune_mb = 0 or remove fulcrum"))
+        if host.storage.fast.mount_point and host.storage.bulk and host.storage.bulk.mount_point == host.storage.fast.mount_point:
+            problems.append((f"{at}.storage.bulk.mount_point", "fast and bulk need different mount points"))
+        used: dict[int, str] = {}
+        for (service, field), default in DEFAULT_PORTS.items():
+            table = getattr(services, service)
+            if table is None:
+                continue
+            port = getattr(table, field) or default
+            if port in used:
+                problems.append((f"{at}.services.{service}.{field}", f"port {port} is already used by {used[port]}"))
+            else:
+                used[port] = f"{service}.{field}"
+        problems.extend((f"{at}.{path}", msg) for path, msg in capacity_problems(spec.cluster.network, host))
+    return problems
+
+
+def parse_spec(text: str, source: str = "spec") -> ClusterSpec:
+    """Parses and validates spec text. Raises SpecError listing every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError([("", f"{source}: TOML syntax error: {err}")]) from None
+    version = data.get("version")
+    if version != SPEC_VERSION:
+        # A spec of another version is checked against nothing else: its keys may mean other things.
+        if version is None:
+            raise SpecError([("version", f"required (this bcm-tools reads version {SPEC_VERSION})")])
+        raise SpecError([("version", f"unsupported spec version {version!r} (this bcm-tools reads version {SPEC_VERSION})")])
+    try:
+        spec = ClusterSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_pydantic_problems(err)) from None
+    problems = _cross_checks(spec)
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def load_spec(path: Path) -> ClusterSpec:
+    """Reads and validates the spec at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([("", f"{path}: no such file")]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError([("", f"{path}: cannot read: {err}")]) from None
+    return parse_spec(text, source=str(path))
