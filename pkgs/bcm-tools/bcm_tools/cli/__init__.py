@@ -13,6 +13,7 @@ import click
 
 from bcm_tools.errors import BcmError
 from bcm_tools.cli import gen_host, spec
+from bcm_tools.cli import backup
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ def cli() -> None:
 
 cli.add_command(spec.spec)
 cli.add_command(gen_host.gen_host)
+cli.add_command(backup.backup)
 
 
 def main() -> None:

@@ -1,0 +1,567 @@
+"""Continuous, encrypted, verified copies of LND's static channel backup (SCB).
+
+A backup file is LND's packed multi-channel backup — the same bytes as LND's own
+`channel.backup` — encrypted with age. So `age -d FILE > channel.backup` followed by
+`lncli restorechanbackup --multi_file channel.backup` works without bcm-tools.
+
+The watcher takes a backup at start and on every change LND reports. Each one is
+checked by LND (`VerifyChanBackup`) before it is written, encrypted once, and then
+written by one worker per target: atomically (temporary file, fsync, rename, fsync
+of the directory), read back, and — when the watcher holds an identity it may
+decrypt with — decrypted and verified by LND again. A target that fails is retried
+with backoff by its own worker; the others carry on. Only the newest backup is ever
+pending for a target, so one that comes back catches up with a single write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bcm_tools import age
+from bcm_tools.errors import BackupError, BcmError, TargetError, UsageError
+from bcm_tools.lnd import Endpoint, Lnd, MultiBackup
+
+log = logging.getLogger("bcm_tools.backup")
+
+PREFIX = "channel-backup-"
+SUFFIX = ".age"
+_NAME = re.compile(r"^channel-backup-\d{8}T\d{6}\.\d{6}Z\.age$")
+
+
+def backup_name(at: float) -> str:
+    """File name carrying the UTC time of the backup; names sort in time order."""
+    stamp = datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+    return f"{PREFIX}{stamp}Z{SUFFIX}"
+
+
+def backup_names(names: Sequence[str]) -> list[str]:
+    """The backup files among `names`, oldest first."""
+    return sorted(n for n in names if _NAME.match(n))
+
+
+# --- targets ------------------------------------------------------------------------------
+
+
+class Target(ABC):
+    """Somewhere backups are kept. `store` is atomic and durable, or raises TargetError."""
+
+    label: str
+
+    @abstractmethod
+    def store(self, name: str, data: bytes, keep: int) -> None:
+        """Writes `name` atomically and durably, checks what landed, then keeps the newest `keep`."""
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Backup file names present, oldest first."""
+
+    @abstractmethod
+    def read(self, name: str) -> bytes: ...
+
+    def latest(self) -> str | None:
+        names = self.names()
+        return names[-1] if names else None
+
+
+class LocalTarget(Target):
+    """A directory on this machine (the bulk disk, say). It must exist: a missing directory is
+    usually an unmounted disk, and writing into the bare mount point would hide that."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.label = f"local:{directory}"
+
+    def _fail(self, what: str, err: OSError) -> TargetError:
+        return TargetError(f"{self.label}: {what}: {err.strerror or err}")
+
+    def store(self, name: str, data: bytes, keep: int) -> None:
+        if not self.directory.is_dir():
+            raise TargetError(f"{self.label}: directory is missing (disk not mounted?)")
+        final = self.directory / name
+        temporary = self.directory / f".{name}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, final)
+            _fsync_directory(self.directory)
+        except OSError as err:
+            _remove_quietly(temporary)
+            raise self._fail(f"writing {name}", err) from None
+        if hashlib.sha256(self.read(name)).digest() != hashlib.sha256(data).digest():
+            raise TargetError(f"{self.label}: {name} reads back different from what was written")
+        self._prune(keep)
+
+    def _prune(self, keep: int) -> None:
+        try:
+            entries = os.listdir(self.directory)
+        except OSError as err:
+            raise self._fail("listing", err) from None
+        for old in backup_names(entries)[:-keep]:
+            _remove_quietly(self.directory / old)
+        # Leftovers of a watcher killed between write and rename.
+        for entry in entries:
+            if entry.startswith("." + PREFIX) and entry.endswith(".tmp"):
+                _remove_quietly(self.directory / entry)
+
+    def names(self) -> list[str]:
+        try:
+            return backup_names(os.listdir(self.directory))
+        except OSError as err:
+            raise self._fail("listing", err) from None
+
+    def read(self, name: str) -> bytes:
+        try:
+            return (self.directory / name).read_bytes()
+        except OSError as err:
+            raise self._fail(f"reading {name}", err) from None
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+class SshOptions(BaseModel):
+    """How to reach SSH targets: the key to log in with and the host keys to trust."""
+
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    connect_timeout: int = 5
+    command_timeout: float = 60
+
+
+# Runs on the remote host under its POSIX shell with coreutils; $1.. are the arguments. The
+# upload is checked against its SHA-256 before the rename: if our side dies mid-upload, `cat`
+# sees end of file and exits 0, and a truncated file must never replace a good one.
+_REMOTE_STORE = r"""
+d=$1 f=$2 sum=$3 keep=$4
+[ -d "$d" ] || { echo "directory $d is missing" >&2; exit 4; }
+t="$d/.$f.tmp"
+cat > "$t" || { rm -f "$t"; exit 5; }
+got=$(sha256sum < "$t") && [ "${got%% *}" = "$sum" ] || { rm -f "$t"; echo "upload arrived incomplete" >&2; exit 6; }
+sync "$t" && mv -f "$t" "$d/$f" && sync "$d" || { echo "could not make $f durable" >&2; exit 7; }
+cd "$d" && ls -1 | grep -E '^channel-backup-[0-9]{8}T[0-9]{6}\.[0-9]{6}Z\.age$' | sort | head -n -"$keep" | xargs -r rm -f --
+rm -f "$d"/.channel-backup-*.tmp
+echo stored
+"""
+
+
+class SshTarget(Target):
+    """A directory on a host reached with OpenSSH (`ssh://[user@]host[:port]/path`)."""
+
+    def __init__(self, host: str, directory: str, user: str | None, port: int | None, options: SshOptions):
+        self.host, self.directory, self.user, self.port, self.options = host, directory, user, port, options
+        where = f"{user}@{host}" if user else host
+        self.label = f"ssh://{where}{':' + str(port) if port else ''}{directory}"
+
+    def _ssh(self, script: str, args: Sequence[str], data: bytes = b"") -> bytes:
+        command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.options.connect_timeout}"]
+        command += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2"]
+        if self.port:
+            command += ["-p", str(self.port)]
+        if self.options.identity:
+            command += ["-i", str(self.options.identity), "-o", "IdentitiesOnly=yes"]
+        if self.options.known_hosts:
+            command += ["-o", f"UserKnownHostsFile={self.options.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        if self.user:
+            command += ["-l", self.user]
+        remote = "sh -c " + shlex.quote(script) + " sh " + " ".join(shlex.quote(a) for a in args)
+        command += ["--", self.host, remote]
+        try:
+            run = subprocess.run(
+                command, input=data, capture_output=True, timeout=self.options.command_timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise TargetError(f"{self.label}: no answer within {self.options.command_timeout:.0f} s") from None
+        except OSError as err:
+            raise TargetError(f"{self.label}: cannot run ssh: {err.strerror}") from None
+        if run.returncode != 0:
+            reason = " ".join(run.stderr.decode(errors="replace").split()) or f"ssh exited {run.returncode}"
+            raise TargetError(f"{self.label}: {reason}")
+        return run.stdout
+
+    def store(self, name: str, data: bytes, keep: int) -> None:
+        digest = hashlib.sha256(data).hexdigest()
+        reply = self._ssh(_REMOTE_STORE, [self.directory, name, digest, str(keep)], data)
+        if reply.strip() != b"stored":
+            raise TargetError(f"{self.label}: unexpected reply {reply[:80]!r}")
+
+    def names(self) -> list[str]:
+        return backup_names(self._ssh('cd "$1" && ls -1', [self.directory]).decode().splitlines())
+
+    def read(self, name: str) -> bytes:
+        if not _NAME.match(name):
+            raise UsageError(f"{name!r} is not a backup file name")
+        return self._ssh('cat -- "$1/$2"', [self.directory, name])
+
+
+def parse_target(spec: str, ssh: SshOptions | None = None) -> Target:
+    """`/abs/dir` or `ssh://[user@]host[:port]/abs/dir`."""
+    if spec.startswith("ssh://"):
+        url = urlsplit(spec)
+        if not url.hostname or not url.path.startswith("/"):
+            raise UsageError(f"SSH target {spec!r} must look like ssh://[user@]host[:port]/absolute/dir")
+        try:
+            port = url.port
+        except ValueError:
+            raise UsageError(f"SSH target {spec!r} has a bad port") from None
+        return SshTarget(url.hostname, unquote(url.path), url.username, port, ssh or SshOptions())
+    if "://" in spec:
+        raise UsageError(f"target {spec!r}: only local directories and ssh:// are supported")
+    if not spec.startswith("/"):
+        raise UsageError(f"local target {spec!r} must be an absolute path")
+    return LocalTarget(Path(spec))
+
+
+# --- one-off verify and restore ----------------------------------------------------------
+
+
+class BackupCheck(BaseModel):
+    file: str
+    node: str = Field(description="pubkey of the LND that accepted the backup")
+    chan_points: list[str]
+
+
+def open_backup(path: Path, identities: Sequence[str | os.PathLike[str]]) -> bytes:
+    """Reads and decrypts a backup file; the plaintext is LND's packed multi backup."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BackupError(f"cannot read {path}: {err.strerror}") from None
+    if not data:
+        raise BackupError(f"{path} is empty")
+    plain = age.decrypt(data, identities, source=str(path))
+    if not plain:
+        raise BackupError(f"{path} decrypts to nothing: not a channel backup")
+    return plain
+
+
+def verify_file(path: Path, identities: Sequence[str | os.PathLike[str]], endpoint: Endpoint) -> BackupCheck:
+    plain = open_backup(path, identities)
+    with Lnd(endpoint) as lnd:
+        node = lnd.get_info().pubkey
+        chan_points = lnd.verify_multi(plain)
+    return BackupCheck(file=str(path), node=node, chan_points=chan_points)
+
+
+def restore_file(path: Path, identities: Sequence[str | os.PathLike[str]], endpoint: Endpoint) -> BackupCheck:
+    """Verifies, then hands the backup to LND's recovery (the wallet must be restored from seed)."""
+    plain = open_backup(path, identities)
+    with Lnd(endpoint) as lnd:
+        node = lnd.get_info().pubkey
+        chan_points = lnd.verify_multi(plain)
+        lnd.restore_multi(plain)
+    return BackupCheck(file=str(path), node=node, chan_points=chan_points)
+
+
+# --- the watcher --------------------------------------------------------------------------
+
+
+class WatchConfig(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    recipients: list[str] = Field(min_length=1)
+    targets: list[str] = Field(min_length=1)
+    keep: int = Field(default=30, ge=1)
+    ssh: SshOptions = SshOptions()
+    metrics: Path | None = Field(default=None, description="Prometheus textfile to (re)write")
+    journal: Path | None = Field(default=None, description="JSON lines, one per durable copy")
+    check_identity: Path | None = Field(
+        default=None, description="age identity the watcher may decrypt with, to verify each copy with LND"
+    )
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+
+
+class _Pending(BaseModel):
+    name: str
+    data: bytes
+    chan_points: list[str]
+    changed_at: float  # when the watcher got this state from LND
+
+
+class _TargetState:
+    def __init__(self) -> None:
+        self.last_success: float | None = None
+        self.channels: int | None = None
+        self.failures = 0
+        self.latest_file: str | None = None
+        self.behind = False
+
+
+class _Metrics:
+    """Prometheus textfile metrics, rewritten atomically after each change."""
+
+    def __init__(self, path: Path | None, labels: list[str]):
+        self.path = path
+        self.lock = threading.Lock()
+        self.targets = {label: _TargetState() for label in labels}
+        self.lnd_channels: int | None = None
+        self.lnd_failures = 0
+        self.last_change: float | None = None
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        with self.lock:
+            lines = _metric_lines(self)
+            temporary = self.path.with_name(f".{self.path.name}.tmp")
+            try:
+                temporary.write_text("".join(lines))
+                os.replace(temporary, self.path)
+            except OSError as err:
+                log.warning("cannot write metrics to %s: %s", self.path, err.strerror)
+
+
+def _metric_lines(m: _Metrics) -> list[str]:
+    def esc(label: str) -> str:
+        return label.replace("\\", "\\\\").replace('"', '\\"')
+
+    out: list[str] = []
+
+    def family(name: str, kind: str, help_: str, values: list[tuple[str | None, float | None]]) -> None:
+        out.append(f"# HELP {name} {help_}\n# TYPE {name} {kind}\n")
+        for label, value in values:
+            if value is None:
+                continue
+            labels = f'{{target="{esc(label)}"}}' if label is not None else ""
+            out.append(f"{name}{labels} {value:.6f}\n" if isinstance(value, float) else f"{name}{labels} {value}\n")
+
+    t = m.targets
+    family(
+        "bcm_lnd_backup_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time the newest backup became durable and verified in this target.",
+        [(k, v.last_success) for k, v in t.items()],
+    )
+    family(
+        "bcm_lnd_backup_channels",
+        "gauge",
+        "Channels covered by the newest good backup in this target.",
+        [(k, v.channels) for k, v in t.items()],
+    )
+    family(
+        "bcm_lnd_backup_failures_total",
+        "counter",
+        "Failed attempts to store or verify a backup in this target.",
+        [(k, v.failures) for k, v in t.items()],
+    )
+    family(
+        "bcm_lnd_backup_behind",
+        "gauge",
+        "1 while this target does not yet hold LND's current channel set.",
+        [(k, int(v.behind)) for k, v in t.items()],
+    )
+    family("bcm_lnd_backup_lnd_channels", "gauge", "Channels in LND's current backup.", [(None, m.lnd_channels)])
+    family(
+        "bcm_lnd_backup_lnd_failures_total",
+        "counter",
+        "Failed LND calls: lost stream, refused verification.",
+        [(None, m.lnd_failures)],
+    )
+    family(
+        "bcm_lnd_backup_last_change_timestamp_seconds",
+        "gauge",
+        "Unix time LND last reported a change of its channel set.",
+        [(None, m.last_change)],
+    )
+    return out
+
+
+class _Journal:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.lock = threading.Lock()
+
+    def record(self, **entry: object) -> None:
+        if self.path is None:
+            return
+        with self.lock, self.path.open("a") as out:
+            out.write(json.dumps(entry, sort_keys=True) + "\n")
+            out.flush()
+
+
+class _TargetWorker(threading.Thread):
+    """Writes the newest pending backup to one target; retries with backoff on failure."""
+
+    def __init__(self, target: Target, watcher: Watcher):
+        super().__init__(name=f"backup-{target.label}", daemon=True)
+        self.target = target
+        self.watcher = watcher
+        self.cond = threading.Condition()
+        self.pending: _Pending | None = None
+
+    def submit(self, item: _Pending) -> None:
+        with self.cond:
+            # Only the newest backup matters: it covers every open channel.
+            self.pending = item
+            self.cond.notify()
+
+    def run(self) -> None:
+        w = self.watcher
+        delay = w.config.retry_initial
+        while not w.stopping.is_set():
+            with self.cond:
+                while self.pending is None and not w.stopping.is_set():
+                    self.cond.wait(timeout=1)
+                item, self.pending = self.pending, None
+            if item is None:
+                continue
+            state = w.metrics.targets[self.target.label]
+            state.behind = True
+            try:
+                self.target.store(item.name, item.data, w.config.keep)
+                durable_at = time.time()
+                w.check_copy(self.target, item)
+            except BcmError as err:
+                state.failures += 1
+                w.metrics.write()
+                log.warning("%s: %s; retrying in %.0f s", self.target.label, err, delay)
+                with self.cond:
+                    if self.pending is None:
+                        self.pending = item
+                w.stopping.wait(delay)
+                delay = min(delay * 2, w.config.retry_max)
+                continue
+            delay = w.config.retry_initial
+            with self.cond:
+                state.behind = self.pending is not None
+            state.last_success, state.channels, state.latest_file = time.time(), len(item.chan_points), item.name
+            w.metrics.write()
+            w.journal.record(
+                event="durable",
+                target=self.target.label,
+                file=item.name,
+                chan_points=item.chan_points,
+                changed_at=item.changed_at,
+                durable_at=durable_at,
+                verified_at=state.last_success,
+            )
+            log.info(
+                "%s: %s durable (%d channels, %.0f ms after LND's change)",
+                self.target.label,
+                item.name,
+                len(item.chan_points),
+                (durable_at - item.changed_at) * 1000,
+            )
+
+
+class Watcher:
+    """Follows LND's channel backup stream and keeps every target current."""
+
+    def __init__(self, config: WatchConfig, endpoint: Endpoint, targets: list[Target] | None = None):
+        self.config = config
+        self.endpoint = endpoint
+        self.targets = targets or [parse_target(t, config.ssh) for t in config.targets]
+        labels = [t.label for t in self.targets]
+        if len(set(labels)) != len(labels):
+            raise UsageError("the same backup target is named twice")
+        recipients = list(config.recipients)
+        if config.check_identity is not None:
+            # Every copy is also encrypted to the watcher's own key so it can prove each one
+            # decrypts and verifies. That key adds no exposure: it lives on the node, which
+            # already holds the unencrypted channel.backup.
+            recipients.append(age.recipient_of(config.check_identity))
+        age.check_recipients(recipients)
+        self.recipients = recipients
+        self.stopping = threading.Event()
+        self.metrics = _Metrics(config.metrics, labels)
+        self.journal = _Journal(config.journal)
+        self.workers = [_TargetWorker(t, self) for t in self.targets]
+        self._last_name = ""
+        self.lnd: Lnd | None = None
+
+    def check_copy(self, target: Target, item: _Pending) -> None:
+        """With a check identity: decrypt what the target holds and have LND verify it."""
+        if self.config.check_identity is None or self.lnd is None:
+            return
+        plain = age.decrypt(target.read(item.name), [self.config.check_identity], source=f"{target.label}/{item.name}")
+        if item.chan_points:
+            covered = self.lnd.verify_multi(plain)
+            if sorted(covered) != sorted(item.chan_points):
+                raise BackupError(f"{target.label}/{item.name}: LND sees {len(covered)} channels, expected {len(item.chan_points)}")
+
+    def _take(self, lnd: Lnd, backup: MultiBackup) -> None:
+        changed_at = time.time()
+        self.metrics.last_change = changed_at
+        self.metrics.lnd_channels = len(backup.chan_points)
+        # LND's own check before the backup counts: it must open with this node's keys. An empty
+        # channel set has nothing to verify (LND refuses an empty multi) and is still written, so
+        # that the newest copy never lists channels that are gone.
+        if backup.chan_points:
+            lnd.verify_multi(backup.packed)
+        data = age.encrypt(backup.packed, self.recipients)
+        name = backup_name(changed_at)
+        if name <= self._last_name:  # two changes within one microsecond, or a clock step back
+            name = backup_name(max(changed_at, _name_time(self._last_name)) + 1e-6)
+        self._last_name = name
+        item = _Pending(name=name, data=data, chan_points=backup.chan_points, changed_at=changed_at)
+        for worker in self.workers:
+            worker.submit(item)
+        self.metrics.write()
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Runs until `stop()`; reconnects to LND with backoff when it goes away."""
+        for worker in self.workers:
+            worker.start()
+        self.metrics.write()
+        delay = self.config.retry_initial
+        while not self.stopping.is_set():
+            try:
+                with Lnd(self.endpoint) as lnd:
+                    self.lnd = lnd
+                    # Subscribe before the full export so no change falls between the two.
+                    stream = lnd.subscribe_channel_backups()
+                    self._take(lnd, lnd.export_all_channel_backups())
+                    if on_ready:
+                        on_ready()
+                    delay = self.config.retry_initial
+                    for backup in stream:
+                        self._take(lnd, backup)
+                        if self.stopping.is_set():
+                            break
+            except BcmError as err:
+                self.metrics.lnd_failures += 1
+                self.metrics.write()
+                log.warning("LND: %s; reconnecting in %.0f s", err, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.config.retry_max)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def _name_time(name: str) -> float:
+    stamp = name[len(PREFIX) : -len(SUFFIX)]
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc).timestamp()

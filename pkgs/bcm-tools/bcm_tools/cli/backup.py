@@ -1,0 +1,115 @@
+"""`bcm-tools backup`: continuous encrypted LND channel backups, their verification and restore."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from bcm_tools import backup as backups
+from bcm_tools.lnd import Endpoint
+
+
+def _lnd_options(f):  # type: ignore[no-untyped-def]
+    f = click.option(
+        "--lnd-macaroon",
+        envvar="BCM_LND_MACAROON",
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=True,
+        help="Macaroon allowing the backup calls (offchain:read/write, info:read).",
+    )(f)
+    f = click.option(
+        "--lnd-tls-cert",
+        envvar="BCM_LND_TLS_CERT",
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=True,
+        help="LND's tls.cert.",
+    )(f)
+    f = click.option(
+        "--lnd-rpc", envvar="BCM_LND_RPC", default="127.0.0.1:10009", show_default=True, help="LND's gRPC host:port."
+    )(f)
+    return f
+
+
+def _endpoint(rpc: str, tls_cert: Path, macaroon: Path) -> Endpoint:
+    return Endpoint(rpc=rpc, tls_cert=tls_cert, macaroon=macaroon)
+
+
+_identity = click.option(
+    "-i",
+    "--identity",
+    "identities",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="age identity file to decrypt with (repeatable).",
+)
+
+
+@click.group()
+def backup() -> None:
+    """Encrypted, verified copies of LND's static channel backup."""
+
+
+@backup.command()
+@_lnd_options
+@click.option("-r", "--recipient", "recipients", multiple=True, required=True,
+              help="age recipient (public key or file of them) to encrypt to; repeatable.")
+@click.option("-t", "--target", "targets", multiple=True, required=True,
+              help="/absolute/dir or ssh://[user@]host[:port]/absolute/dir; repeatable.")
+@click.option("--keep", default=30, show_default=True, type=click.IntRange(min=1), help="Versions kept per target.")
+@click.option("--ssh-identity", type=click.Path(dir_okay=False, path_type=Path), help="SSH key for ssh:// targets.")
+@click.option("--ssh-known-hosts", type=click.Path(dir_okay=False, path_type=Path),
+              help="known_hosts holding the ssh:// targets' host keys (checked strictly).")
+@click.option("--metrics", type=click.Path(dir_okay=False, path_type=Path),
+              help="Prometheus textfile to write (node-exporter textfile collector).")
+@click.option("--journal", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append one JSON line per durable copy.")
+@click.option("--check-identity", type=click.Path(dir_okay=False, path_type=Path),
+              help="age identity kept on the node; each copy is also encrypted to it, read back, "
+                   "decrypted and verified by LND.")
+@click.option("--retry-max", default=60.0, show_default=True, help="Longest wait between retries of a failing target, s.")
+def watch(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, recipients: tuple[str, ...],
+          targets: tuple[str, ...], keep: int, ssh_identity: Path | None, ssh_known_hosts: Path | None,
+          metrics: Path | None, journal: Path | None, check_identity: Path | None, retry_max: float) -> None:
+    """Back up on every channel change, to every target, until stopped."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    config = backups.WatchConfig(
+        recipients=list(recipients),
+        targets=list(targets),
+        keep=keep,
+        ssh=backups.SshOptions(identity=ssh_identity, known_hosts=ssh_known_hosts),
+        metrics=metrics,
+        journal=journal,
+        check_identity=check_identity,
+        retry_max=retry_max,
+    )
+    watcher = backups.Watcher(config, _endpoint(lnd_rpc, lnd_tls_cert, lnd_macaroon))
+    watcher.run(on_ready=lambda: click.echo(f"watching; targets: {', '.join(t.label for t in watcher.targets)}", err=True))
+
+
+@backup.command()
+@_lnd_options
+@_identity
+@click.argument("file", type=click.Path(path_type=Path))
+def verify(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, identities: tuple[Path, ...], file: Path) -> None:
+    """Decrypt FILE and have the running LND verify it."""
+    check = backups.verify_file(file, identities, _endpoint(lnd_rpc, lnd_tls_cert, lnd_macaroon))
+    click.echo(f"{file}: good backup of {len(check.chan_points)} channel(s) for node {check.node}")
+    for point in check.chan_points:
+        click.echo(f"  {point}")
+
+
+@backup.command()
+@_lnd_options
+@_identity
+@click.argument("file", type=click.Path(path_type=Path))
+def restore(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, identities: tuple[Path, ...], file: Path) -> None:
+    """Hand FILE to LND's channel recovery, after the wallet is restored from its seed.
+
+    LND then asks each peer to force-close; the funds return on chain once those close."""
+    check = backups.restore_file(file, identities, _endpoint(lnd_rpc, lnd_tls_cert, lnd_macaroon))
+    click.echo(f"{file}: recovery started for {len(check.chan_points)} channel(s) on node {check.node}")
+    for point in check.chan_points:
+        click.echo(f"  {point}")
