@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bcm_tools.errors import SpecError
 
@@ -118,18 +118,18 @@ def check_ssh_public_key(line: str) -> str:
         embedded = raw[4 : 4 + length].decode("ascii")
     except (binascii.Error, struct.error, UnicodeDecodeError, ValueError):
         raise ValueError("key data is not valid base64 of an SSH key blob") from None
-    if embedded != key_type:
-        raise ValueError(f"key data is a {embedded or 'malformed'} key but the line says {key_type}")
-    if len(raw) <= 4 + length:
-        raise ValueError("key data is truncated")
     if any(c in line for c in "\n\r"):
         raise ValueError("must be a single line")
+    if embedded != key_type:
+        raise ValueError(f"the line says {key_type} but its key data is of type {embedded or '(none)'}")
+    if len(raw) <= 4 + length:
+        raise ValueError("key data is truncated")
     return " ".join(parts)
 
 
 class Operator(_Strict):
     user: str = "operator"
-    ssh_authorized_keys: Annotated[list[str], Field(min_length=1)]
+    ssh_authorized_keys: Annotated[list[Annotated[str, AfterValidator(check_ssh_public_key)]], Field(min_length=1)]
 
     @field_validator("user")
     @classmethod
@@ -139,19 +139,6 @@ class Operator(_Strict):
         if value == "root":
             raise ValueError("the operator must not be root")
         return value
-
-    @field_validator("ssh_authorized_keys")
-    @classmethod
-    def _keys(cls, keys: list[str]) -> list[str]:
-        checked, problems = [], []
-        for index, key in enumerate(keys):
-            try:
-                checked.append(check_ssh_public_key(key))
-            except ValueError as err:
-                problems.append(f"[{index}] {err}")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return checked
 
 
 class StorageTier(_Strict):

@@ -1,0 +1,124 @@
+"""The cluster spec: invalid specs are refused with the right field paths, valid ones load."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bcm_tools.cli import cli
+from bcm_tools.errors import SpecError
+from bcm_tools.spec import parse_spec
+from specs import base_spec, to_toml
+
+CORPUS = sorted((Path(__file__).parent / "invalid_specs").glob("*.toml"))
+EXAMPLES = Path(__file__).parents[3] / "examples"
+
+
+def expected_paths(spec_file: Path) -> list[str]:
+    return re.findall(r"^# expect: (.+)$", spec_file.read_text(), re.MULTILINE)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_corpus_is_not_empty():
+    assert len(CORPUS) >= 30
+
+
+@pytest.mark.parametrize("spec_file", CORPUS, ids=lambda p: p.stem)
+def test_invalid_spec_names_its_field(spec_file: Path, tmp_path: Path):
+    expects = expected_paths(spec_file)
+    assert expects, f"{spec_file.name} has no '# expect:' line"
+    result = CliRunner().invoke(cli, ["spec", "validate", str(spec_file)], standalone_mode=False, catch_exceptions=True)
+    err = result.exception
+    assert isinstance(err, SpecError), f"expected a SpecError, got {err!r}"
+    lines = err.lines()
+    for path in expects:
+        if path.startswith("line "):
+            assert any(path in line for line in lines), lines
+        else:
+            assert any(line.startswith(f"{path}: ") for line in lines), (path, lines)
+    assert len(lines) == len(expects), lines
+
+
+@pytest.mark.parametrize("spec_file", CORPUS, ids=lambda p: p.stem)
+def test_invalid_spec_exits_2_and_writes_nothing(spec_file: Path, tmp_path: Path, run_cli):
+    out = tmp_path / "hosts"
+    (out / "existing").mkdir(parents=True)
+    (out / "existing" / "default.nix").write_text("{ ... }: { }\n")
+    before = tree(out)
+    result = run_cli("gen-host", "--spec", str(spec_file), "--out", str(out))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    for path in expected_paths(spec_file):
+        assert path in result.stderr
+    assert tree(out) == before
+
+
+def test_examples_are_valid():
+    for example in sorted(EXAMPLES.glob("*.toml")):
+        parse_spec(example.read_text(), str(example))
+
+
+def test_a_missing_spec_file_is_one_line(run_cli, tmp_path):
+    result = run_cli("spec", "validate", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "no such file" in result.stderr
+
+
+def test_a_spec_that_is_not_utf8_is_one_line(run_cli, tmp_path):
+    spec_file = tmp_path / "binary.toml"
+    spec_file.write_bytes(b"\xff\xfe\x00version = 1")
+    result = run_cli("spec", "validate", str(spec_file))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_ssh_key_comment_and_options_are_kept():
+    spec = base_spec()
+    key = spec["operator"]["ssh_authorized_keys"][0]
+    spec["operator"]["ssh_authorized_keys"] = [key + " with spaces in comment"]
+    loaded = parse_spec(to_toml(spec))
+    assert loaded.operator.ssh_authorized_keys == [key + " with spaces in comment"]
+
+
+def test_capacity_is_checked_against_the_network():
+    """The same disks that are far too small for mainnet are plenty for regtest."""
+    spec = base_spec()
+    spec["hosts"][0]["storage"]["fast"]["size_gb"] = 30
+    spec["hosts"][0]["storage"]["bulk"]["size_gb"] = 10
+    spec["hosts"][0]["memory_mb"] = 6144
+    with pytest.raises(SpecError) as raised:
+        parse_spec(to_toml(spec))
+    paths = {path for path, _ in raised.value.problems}
+    assert paths == {"hosts[0].storage.fast.size_gb", "hosts[0].storage.bulk.size_gb", "hosts[0].memory_mb"}
+    spec["cluster"]["network"] = "regtest"
+    parse_spec(to_toml(spec))
+
+
+def test_pruning_shrinks_the_block_files_need():
+    spec = base_spec()
+    host = spec["hosts"][0]
+    del host["services"]["fulcrum"]
+    host["storage"]["bulk"]["size_gb"] = 120
+    with pytest.raises(SpecError):
+        parse_spec(to_toml(spec))
+    host["services"]["bitcoind"]["prune_mb"] = 10_000
+    parse_spec(to_toml(spec))
+
+
+def test_validate_prints_the_capacity_plan(run_cli):
+    result = run_cli("spec", "validate", str(EXAMPLES / "cluster.toml"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "host btc1" in out
+    assert re.search(r"fulcrum\s+index\s+170 GB", out)
+    assert re.search(r"has 300 GB, headroom 76 GB", out)
+    assert re.search(r"has 12288 MB, headroom 1960 MB", out)
+    assert "2026-11-22" in out
