@@ -26,6 +26,10 @@ python3Packages.buildPythonApplication {
     click
     pydantic
     jinja2
+    trezor
+    mnemonic
+    cryptography
+    python-bitcoinrpc
   ];
 
   # The CLI shells out to these; put them on its PATH.

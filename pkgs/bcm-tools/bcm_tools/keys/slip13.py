@@ -1,0 +1,68 @@
+"""SLIP-0013 identities and the OpenSSH public keys trezor-agent derives from them.
+
+An identity is a URI (`ssh://operator@btc1`) plus an index; its SHA-256 picks a hardened path
+under 13'. trezor-agent turns `USER@HOST` into `ssh://USER@HOST` with index 0 and labels the
+public key `<ssh://USER@HOST|CURVE>`; doing the same here gives byte-identical
+`authorized_keys` lines, so a key printed by bcm-tools works with `trezor-agent USER@HOST`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import struct
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from bcm_tools.keys.bip32 import HARDENED, Curve
+
+SSH_CURVES = (Curve.ED25519, Curve.NIST256P1)
+
+_USER_HOST = re.compile(r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+)(?::(?P<port>\d+))?$")
+
+
+def identity_path(uri: str, index: int = 0) -> list[int]:
+    """The SLIP-0013 derivation path of `uri` at `index`: m/13'/A'/B'/C'/D'."""
+    digest = hashlib.sha256(struct.pack("<I", index) + uri.encode("ascii")).digest()
+    parts = struct.unpack("<IIII", digest[:16])
+    return [HARDENED | 13] + [HARDENED | part for part in parts]
+
+
+def ssh_identity_uri(user_at_host: str) -> str:
+    """`USER@HOST[:PORT]` as the `ssh://` URI trezor-agent hashes; raise ValueError if malformed."""
+    text = user_at_host.strip()
+    if text.startswith("ssh://"):
+        text = text[len("ssh://") :]
+    if not _USER_HOST.match(text):
+        raise ValueError(f"identity {user_at_host!r} is not of the form USER@HOST[:PORT]")
+    return "ssh://" + text
+
+
+def _frame(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def openssh_public_key(curve: Curve, public_key: bytes, comment: str) -> str:
+    """An `authorized_keys` line for a SLIP-0010 public key (33 bytes, 0x00-prefixed for ed25519)."""
+    if curve is Curve.ED25519:
+        if len(public_key) != 33 or public_key[0] != 0:
+            raise ValueError("not a SLIP-0010 ed25519 public key")
+        key_type = b"ssh-ed25519"
+        blob = _frame(key_type) + _frame(public_key[1:])
+    elif curve is Curve.NIST256P1:
+        point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
+        uncompressed = point.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        key_type = b"ecdsa-sha2-nistp256"
+        blob = _frame(key_type) + _frame(b"nistp256") + _frame(uncompressed)
+    else:
+        raise ValueError(f"SSH keys are ed25519 or nist256p1, not {curve.value}")
+    return f"{key_type.decode()} {base64.b64encode(blob).decode()} {comment}"
+
+
+def ssh_key_comment(uri: str, curve: Curve) -> str:
+    """The label trezor-agent puts after the key: `<ssh://user@host|ed25519>`."""
+    return f"<{uri}|{curve.value}>"
