@@ -122,3 +122,16 @@ def test_validate_prints_the_capacity_plan(run_cli):
     assert re.search(r"has 300 GB, headroom 76 GB", out)
     assert re.search(r"has 12288 MB, headroom 1960 MB", out)
     assert "2026-11-22" in out
+
+
+def test_readme_sizing_table_matches_the_code():
+    """The README shows the sizing table users plan with; it must be the one the code uses."""
+    from bcm_tools.sizing import DISK_GB, MEMORY_MB, SIZES_TAKEN
+    from bcm_tools.spec import Network
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    assert SIZES_TAKEN in readme
+    for table in (DISK_GB, MEMORY_MB):
+        for item in table[Network.mainnet]:
+            row = f"| {item} | " + " | ".join(f"{table[n][item]:g}" for n in Network) + " |"
+            assert row in readme, row

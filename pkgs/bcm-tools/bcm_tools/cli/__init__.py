@@ -7,24 +7,39 @@ library are converted here, once, into a message and an exit code.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from bcm_tools.errors import BcmError
-from bcm_tools.cli import gen_host, spec
-from bcm_tools.cli import backup
+
+# name -> "module:attribute". A subcommand's module is imported only when that subcommand runs,
+# so `gen-host` never pays for loading gRPC or a hardware-wallet library.
+COMMANDS = {
+    "spec": "bcm_tools.cli.spec:spec",
+    "gen-host": "bcm_tools.cli.gen_host:gen_host",
+    "backup": "bcm_tools.cli.backup:backup",
+    "trezor": "bcm_tools.cli.trezor:trezor",
+    "secrets": "bcm_tools.cli.secrets:secrets",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bcm-tools")
 def cli() -> None:
     """Bitcoin Cache Machine: declarative, private Bitcoin, Lightning and Monero nodes on NixOS."""
-
-
-cli.add_command(spec.spec)
-cli.add_command(gen_host.gen_host)
-cli.add_command(backup.backup)
 
 
 def main() -> None:
