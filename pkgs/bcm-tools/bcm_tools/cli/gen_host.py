@@ -17,7 +17,11 @@ from bcm_tools.spec import load_spec
 @click.option("--force", is_flag=True, help="Overwrite generated files even where they were edited by hand.")
 @click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if the files on disk differ from the spec.")
 def gen_host(spec_path: Path, hosts: tuple[str, ...], out: Path, force: bool, check_only: bool) -> None:
-    """Write hosts/<name>/{default,storage,hardware-configuration}.nix from the cluster spec."""
+    """Write NixOS host configurations from the cluster spec.
+
+    For each host: DIR/<host>/default.nix, storage.nix and, where none exists, a placeholder
+    hardware-configuration.nix.
+    """
     cluster_spec = load_spec(spec_path)
     plans = generator.plan_files(cluster_spec, out, list(hosts))
     if check_only:
