@@ -507,20 +507,18 @@ class Watcher:
         if self.config.check_identity is None or self.lnd is None:
             return
         plain = age.decrypt(target.read(item.name), [self.config.check_identity], source=f"{target.label}/{item.name}")
-        if item.chan_points:
-            covered = self.lnd.verify_multi(plain)
-            if sorted(covered) != sorted(item.chan_points):
-                raise BackupError(f"{target.label}/{item.name}: LND sees {len(covered)} channels, expected {len(item.chan_points)}")
+        covered = self.lnd.verify_multi(plain)
+        if sorted(covered) != sorted(item.chan_points):
+            raise BackupError(
+                f"{target.label}/{item.name}: LND sees {len(covered)} channels, expected {len(item.chan_points)}"
+            )
 
     def _take(self, lnd: Lnd, backup: MultiBackup) -> None:
         changed_at = time.time()
         self.metrics.last_change = changed_at
         self.metrics.lnd_channels = len(backup.chan_points)
-        # LND's own check before the backup counts: it must open with this node's keys. An empty
-        # channel set has nothing to verify (LND refuses an empty multi) and is still written, so
-        # that the newest copy never lists channels that are gone.
-        if backup.chan_points:
-            lnd.verify_multi(backup.packed)
+        # LND's own check before the backup counts: it must open with this node's keys.
+        lnd.verify_multi(backup.packed)
         data = age.encrypt(backup.packed, self.recipients)
         name = backup_name(changed_at)
         if name <= self._last_name:  # two changes within one microsecond, or a clock step back
