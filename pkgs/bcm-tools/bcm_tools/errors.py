@@ -75,3 +75,17 @@ class TargetError(BcmError):
     """A backup target (local directory, remote over SSH) could not take or give back a file."""
 
     exit_code = 3
+
+
+class SecretError(BcmError):
+    """An operator secret that cannot be used: bad name, missing recipients, damaged file."""
+
+    exit_code = 6
+
+
+class RpcError(DaemonError):
+    """A daemon answered an RPC call with an error; `code` is its own error code."""
+
+    def __init__(self, message: str, code: int | None = None):
+        self.code = code
+        super().__init__(message)

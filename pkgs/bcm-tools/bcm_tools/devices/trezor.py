@@ -8,6 +8,7 @@ name on the screen and waits for a button press.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, Callable
 
@@ -31,6 +32,8 @@ def _connect_default() -> Any:
 
         return click.prompt("PIN (positions on the Trezor's keypad)", hide_input=True)
 
+    # trezorlib logs each transport it cannot enumerate; the one-line error below says it all.
+    logging.getLogger("trezorlib.transport").setLevel(logging.CRITICAL)
     client = get_default_client("bcm-tools", button_callback=on_button, pin_callback=on_pin)
     # AUTO: if passphrases are on and the device has a keyboard, it is typed on the device,
     # so it never touches this machine.
@@ -77,6 +80,8 @@ class TrezorDevice(KeyDevice):
             raise CredentialError("the Trezor is in use by another program (close Trezor Suite?)") from None
         except TransportException as err:
             if "No Trezor device found" in str(err):
+                if "libusb" in str(err):
+                    raise CredentialError("no Trezor found: libusb-1.0 is missing (install libusb-1.0-0)") from None
                 raise CredentialError("no Trezor connected (plug it in and unlock it)") from None
             raise CredentialError(f"cannot talk to the Trezor: {str(err).splitlines()[0]}") from None
         except exceptions.TrezorFailure as err:

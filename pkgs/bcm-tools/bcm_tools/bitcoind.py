@@ -1,0 +1,124 @@
+"""Bitcoin Core's JSON-RPC interface, through python-bitcoinrpc.
+
+The only module that speaks to bitcoind. Each call goes to the node (`/`) or to one wallet
+(`/wallet/NAME`); every failure becomes a DaemonError naming the method and bitcoind's reply,
+never the credentials.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
+
+from bcm_tools.errors import DaemonError, RpcError, UsageError
+
+# bitcoind's `chain` names, by bcm network name.
+CHAIN_OF_NETWORK = {"mainnet": "main", "testnet4": "testnet4", "signet": "signet", "regtest": "regtest"}
+DEFAULT_RPC_PORT = {"mainnet": 8332, "testnet4": 48332, "signet": 38332, "regtest": 18443}
+
+RPC_WALLET_ALREADY_EXISTS_CODES = (-4, -35)  # "Database already exists" / "already loaded"
+
+
+@dataclass(frozen=True)
+class RpcEndpoint:
+    """Where bitcoind listens and how to log in. `password` never appears in errors."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    timeout: float = 60.0
+
+    @classmethod
+    def from_url(cls, url: str, user: str | None = None, password: str | None = None) -> "RpcEndpoint":
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise UsageError(f"bitcoind RPC URL must look like http://HOST:PORT, not {url!r}")
+        user = user if user is not None else parts.username
+        password = password if password is not None else parts.password
+        if not user or password is None:
+            raise UsageError("bitcoind RPC needs a user and password (or a cookie file)")
+        return cls(parts.hostname, parts.port or 8332, user, password)
+
+    @classmethod
+    def from_cookie(cls, url: str, cookie_file: str) -> "RpcEndpoint":
+        try:
+            user, _, password = open(cookie_file, encoding="utf-8").read().strip().partition(":")
+        except OSError as err:
+            raise UsageError(f"cannot read bitcoind cookie file {cookie_file}: {err.strerror}") from None
+        return cls.from_url(url, user, password)
+
+    def url(self, wallet: str | None) -> str:
+        path = f"/wallet/{quote(wallet, safe='')}" if wallet is not None else "/"
+        return f"http://{self.user}:{self.password}@{self.host}:{self.port}{path}"
+
+    @property
+    def shown(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class Bitcoind:
+    """One bitcoind node."""
+
+    def __init__(self, endpoint: RpcEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def call(self, method: str, *params: Any, wallet: str | None = None) -> Any:
+        proxy = AuthServiceProxy(self.endpoint.url(wallet), timeout=self.endpoint.timeout)
+        where = f"bitcoind at {self.endpoint.shown}"
+        try:
+            return getattr(proxy, method)(*params)
+        except JSONRPCException as err:
+            error = err.error if isinstance(getattr(err, "error", None), dict) else {}
+            code, message = error.get("code"), error.get("message", str(err))
+            if code == -342 and "401" in str(message):
+                raise DaemonError(f"{where} rejected the RPC user or password") from None
+            raise RpcError(f"{where}: {method} failed: {message} (code {code})", code=code) from None
+        except (ConnectionError, socket.timeout, socket.gaierror, http.client.HTTPException, OSError) as err:
+            reason = getattr(err, "strerror", None) or err.__class__.__name__
+            raise DaemonError(f"cannot reach {where} ({reason})") from None
+
+    # --- the calls bcm-tools makes --------------------------------------------------------
+
+    def chain(self) -> str:
+        return self.call("getblockchaininfo")["chain"]
+
+    def block_time(self, height: int) -> int:
+        """Timestamp of the block at `height`: where a wallet's rescan may start."""
+        return int(self.call("getblockheader", self.call("getblockhash", height))["time"])
+
+    def tip_height(self) -> int:
+        return int(self.call("getblockcount"))
+
+    def create_watch_only_wallet(self, name: str) -> bool:
+        """Create a blank descriptor wallet that can hold no private keys. Returns False if a
+        wallet of that name already exists (it is then loaded and checked to be watch-only)."""
+        try:
+            # createwallet positional order: wallet_name, disable_private_keys, blank,
+            # passphrase, avoid_reuse, descriptors, load_on_startup
+            self.call("createwallet", name, True, True, "", False, True, True)
+            return True
+        except RpcError as err:
+            if err.code not in RPC_WALLET_ALREADY_EXISTS_CODES:
+                raise
+        if name not in self.call("listwallets"):
+            self.call("loadwallet", name)
+        info = self.call("getwalletinfo", wallet=name)
+        if info.get("private_keys_enabled") or not info.get("descriptors"):
+            raise DaemonError(
+                f"wallet {name!r} already exists on bitcoind at {self.endpoint.shown} and is not a "
+                "watch-only descriptor wallet; choose another --wallet name"
+            )
+        return False
+
+    def import_descriptors(self, wallet: str, requests: list[dict[str, Any]]) -> None:
+        results = self.call("importdescriptors", requests, wallet=wallet)
+        for request, result in zip(requests, results):
+            if not result.get("success"):
+                message = (result.get("error") or {}).get("message", "unknown error")
+                raise DaemonError(f"bitcoind refused descriptor {request['desc']}: {message}")
