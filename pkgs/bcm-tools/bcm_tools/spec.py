@@ -127,9 +127,19 @@ def check_ssh_public_key(line: str) -> str:
     return " ".join(parts)
 
 
+SshPublicKey = Annotated[str, AfterValidator(check_ssh_public_key)]
+
+
 class Operator(_Strict):
     user: str = "operator"
-    ssh_authorized_keys: Annotated[list[Annotated[str, AfterValidator(check_ssh_public_key)]], Field(min_length=1)]
+    ssh_authorized_keys: Annotated[list[SshPublicKey], Field(min_length=1)]
+    # Keys that may log in as root to deploy (`nixos-rebuild --target-host root@HOST`). The
+    # operator account itself stays unprivileged. Default: the operator's own keys.
+    deploy_ssh_keys: list[SshPublicKey] | None = None
+
+    @property
+    def deploy_keys(self) -> list[str]:
+        return self.ssh_authorized_keys if self.deploy_ssh_keys is None else self.deploy_ssh_keys
 
     @field_validator("user")
     @classmethod

@@ -128,10 +128,13 @@ def _host(draw, name: str) -> dict:
 def valid_specs(draw) -> dict:
     names = draw(st.lists(_label, min_size=1, max_size=3, unique=True))
     keys = draw(st.lists(st.integers(min_value=0, max_value=255), min_size=1, max_size=3))
+    operator = {"user": draw(st.sampled_from(["operator", "alice", "bcm_admin"])), "ssh_authorized_keys": [ssh_key(k, f"key{k}") for k in keys]}
+    if draw(st.booleans()):
+        operator["deploy_ssh_keys"] = [ssh_key(k + 1, f"deploy{k}") for k in keys[:1]]
     return {
         "version": 1,
         "cluster": {"name": draw(_label), "network": draw(st.sampled_from([n.value for n in Network]))},
-        "operator": {"user": draw(st.sampled_from(["operator", "alice", "bcm_admin"])), "ssh_authorized_keys": [ssh_key(k, f"key{k}") for k in keys]},
+        "operator": operator,
         "hosts": [draw(_host(name)) for name in names],
     }
 

@@ -69,7 +69,8 @@ def test_generated_files_parse_carry_the_spec_and_regenerate_identically(spec_di
         assert config["nixpkgs"]["hostPlatform"] == host.system.value
         assert bcm["network"] == spec.cluster.network.value
         assert bcm["operator"] == {"name": spec.operator.user, "sshAuthorizedKeys": spec.operator.ssh_authorized_keys}
-        assert sorted(k for k in bcm if k not in ("network", "operator")) == sorted(host.services.enabled())
+        assert bcm["deploy"]["sshAuthorizedKeys"] == spec.operator.deploy_keys
+        assert sorted(k for k in bcm if k not in ("network", "operator", "deploy")) == sorted(host.services.enabled())
         if (b := host.services.bitcoind) is not None:
             assert (bcm["bitcoind"]["prune"], bcm["bitcoind"]["txindex"], bcm["bitcoind"]["dbcache"]) == (b.prune_mb, b.txindex, b.dbcache_mb)
             if b.blocks_tier is Tier.fast:
