@@ -1,0 +1,472 @@
+# LND on bitcoind: its own whitelisted RPC user, bitcoind's ZMQ, a wallet created and unlocked
+# without interaction, and macaroons baked for the services that read it.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.bcm.lnd;
+  bcmLib = import ./lib { inherit lib; };
+  hardening = config.bcm.lib.hardening;
+  bitcoind = config.bcm.bitcoind;
+  torCfg = config.bcm.tor;
+  secretsDir = config.bcm.lib.secretsDir;
+  rpcUser = bitcoind.rpc.users.lnd;
+  onion = torCfg.onionServices.lnd or null;
+  announceOnion = torCfg.enable && onion != null && onion.enable;
+
+  lndNetwork = config.bcm.network;
+
+  settingsFormat = pkgs.formats.ini { listsAsDuplicateKeys = true; };
+  # bitcoind's RPC password (and the onion address) are appended at start; see prepareConfig.
+  configFile = settingsFormat.generate "lnd.conf" (lib.mapAttrs (_: bcmLib.withoutNulls) cfg.settings);
+  runtimeConfig = "/run/lnd/lnd.conf";
+
+  prepareConfig = pkgs.writeShellScript "lnd-prepare" ''
+    set -euo pipefail
+    umask 0077
+    {
+      cat ${configFile}
+      echo
+      echo "[Bitcoind]"
+      printf 'bitcoind.rpcpass=%s\n' "$(cat ${rpcUser.passwordFile})"
+      ${lib.optionalString announceOnion ''
+        echo "[Application Options]"
+        echo "externalhosts=$(cat "$CREDENTIALS_DIRECTORY/onion-address"):${toString cfg.port}"
+      ''}
+    } > ${runtimeConfig}.tmp
+    ${pkgs.coreutils}/bin/mv ${runtimeConfig}.tmp ${runtimeConfig}
+  '';
+
+  lncliAdmin = "${cfg.package}/bin/lncli --lnddir=${cfg.dataDir} --network=${lndNetwork} --rpcserver=${cfg.rpc.endpoint} --tlscertpath=${cfg.tlsCert} --macaroonpath=${cfg.adminMacaroon}";
+  restUrl = "https://${bcmLib.hostPort "127.0.0.1" cfg.restPort}";
+
+  # Runs as root ("+") after LND started: creates the wallet on first start, then bakes the
+  # macaroons other units asked for and hands each to its user.
+  postStart = pkgs.writeShellScript "lnd-post-start" ''
+    set -euo pipefail
+    umask 0077
+    PATH=${
+      lib.makeBinPath [
+        pkgs.coreutils
+        pkgs.curl
+        pkgs.jq
+      ]
+    }
+    ${bcmLib.waitForPort "127.0.0.1" cfg.restPort 300}
+    # LND writes its certificate under UMask=0077; clients of other users need to read it.
+    chmod 0644 ${cfg.tlsCert}
+
+    if [ ! -e ${cfg.networkDir}/wallet.db ]; then
+      # First start: a fresh seed, kept with the owner-only wallet data; the wallet password
+      # reaches LND through stdin, never the command line.
+      curl --silent --show-error --fail --cacert ${cfg.tlsCert} ${restUrl}/v1/genseed \
+        | jq '.cipher_seed_mnemonic' > /run/lnd/seed.json
+      jq -r 'join(" ")' /run/lnd/seed.json > ${cfg.seedMnemonicFile}.tmp
+      mv ${cfg.seedMnemonicFile}.tmp ${cfg.seedMnemonicFile}
+      chown ${cfg.user}:${cfg.group} ${cfg.seedMnemonicFile}
+      chmod 0600 ${cfg.seedMnemonicFile}
+      jq -n --rawfile password ${cfg.walletPasswordFile} --slurpfile seed /run/lnd/seed.json \
+        '{wallet_password: ($password | @base64), cipher_seed_mnemonic: $seed[0]}' \
+        | curl --silent --show-error --fail --cacert ${cfg.tlsCert} -X POST --data @- ${restUrl}/v1/initwallet >/dev/null
+      rm -f /run/lnd/seed.json
+    fi
+
+    # Later starts unlock through wallet-unlock-password-file; wait until the RPC server is up.
+    for _ in $(seq 1 300); do
+      if [ -e ${cfg.adminMacaroon} ] && ${lncliAdmin} getinfo >/dev/null 2>&1; then break; fi
+      sleep 1
+    done
+    ${lncliAdmin} getinfo >/dev/null
+
+    ${lib.concatStrings (
+      lib.mapAttrsToList (name: macaroon: ''
+        ${lncliAdmin} bakemacaroon --save_to=/run/lnd/${name}.macaroon ${lib.escapeShellArgs macaroon.permissions}
+        install -D -m ${macaroon.mode} -o ${macaroon.user} -g ${macaroon.group} /run/lnd/${name}.macaroon ${macaroon.path}
+        rm -f /run/lnd/${name}.macaroon
+      '') cfg.macaroons
+    )}
+  '';
+
+  macaroonType = lib.types.submodule (
+    { name, config, ... }:
+    {
+      options = {
+        user = lib.mkOption {
+          type = lib.types.str;
+          description = "User that reads the macaroon.";
+        };
+        group = lib.mkOption {
+          type = lib.types.str;
+          default = "root";
+          description = "Group that may also read it (mode 0640 when not root).";
+        };
+        permissions = lib.mkOption {
+          type = lib.types.nonEmptyListOf (lib.types.strMatching "[a-z]+:[a-z]+|uri:/.+");
+          example = [
+            "info:read"
+            "offchain:read"
+          ];
+          description = "`entity:action` permissions (or `uri:/...`) passed to `lncli bakemacaroon`.";
+        };
+        mode = lib.mkOption {
+          type = lib.types.str;
+          readOnly = true;
+          default = if config.group == "root" then "0600" else "0640";
+          description = "File mode of the baked macaroon.";
+        };
+        path = lib.mkOption {
+          type = lib.types.str;
+          readOnly = true;
+          default = "${secretsDir}/lnd-macaroons/${name}.macaroon";
+          description = "Where the baked macaroon is written at every LND start.";
+        };
+      };
+    }
+  );
+in
+{
+  imports = [
+    ./core.nix
+    ./operator.nix
+    ./tor.nix
+    ./bitcoind.nix
+  ];
+
+  options.bcm.lnd = {
+    enable = lib.mkEnableOption "LND, the Lightning Network daemon";
+
+    package = lib.mkPackageOption pkgs "lnd" { };
+
+    alias = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = "Node alias announced to the network.";
+    };
+
+    address = lib.mkOption {
+      type = lib.types.str;
+      default = "127.0.0.1";
+      description = "Address for inbound peer connections. With Tor, peers arrive through the onion service.";
+    };
+
+    port = lib.mkOption {
+      type = lib.types.port;
+      default = 9735;
+      description = "P2P port.";
+    };
+
+    rpc = {
+      address = lib.mkOption {
+        type = lib.types.str;
+        default = "127.0.0.1";
+        description = "gRPC listen address.";
+      };
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = 10009;
+        description = "gRPC port.";
+      };
+      endpoint = lib.mkOption {
+        type = lib.types.str;
+        readOnly = true;
+        default = bcmLib.hostPort cfg.rpc.address cfg.rpc.port;
+        description = "`address:port` of the gRPC server, for clients (backups, events).";
+      };
+    };
+
+    restAddress = lib.mkOption {
+      type = lib.types.str;
+      default = "127.0.0.1";
+      description = "REST listen address.";
+    };
+
+    restPort = lib.mkOption {
+      type = lib.types.port;
+      default = 8080;
+      description = "REST port.";
+    };
+
+    dataDir = lib.mkOption {
+      type = lib.types.str;
+      default = "${config.bcm.storage.fast}/lnd";
+      defaultText = lib.literalExpression ''"''${config.bcm.storage.fast}/lnd"'';
+      description = "`lnddir`: wallet, channel database, TLS key. Fast tier by default.";
+    };
+
+    certDir = lib.mkOption {
+      type = lib.types.str;
+      default = "${cfg.dataDir}-tls";
+      defaultText = lib.literalExpression ''"''${config.bcm.lnd.dataDir}-tls"'';
+      description = "World-readable directory of LND's TLS certificate, so clients need no access to `dataDir`.";
+    };
+
+    user = lib.mkOption {
+      type = lib.types.str;
+      default = "lnd";
+      description = "User LND runs as.";
+    };
+
+    group = lib.mkOption {
+      type = lib.types.str;
+      default = "lnd";
+      description = "Group LND runs as.";
+    };
+
+    tor = bcmLib.mkTorOptions "LND";
+
+    settings = lib.mkOption {
+      default = { };
+      description = ''
+        lnd.conf settings (RFC 42) by section (`"Application Options"`, `Bitcoin`, `Bitcoind`,
+        `tor`, ...). The module fills in storage, listeners, bitcoind and Tor.
+      '';
+      type = lib.types.submodule {
+        freeformType = lib.types.attrsOf (lib.types.attrsOf bcmLib.settingsAtom);
+      };
+    };
+
+    walletPasswordFile = lib.mkOption {
+      type = lib.types.str;
+      default = "${secretsDir}/lnd-wallet-password";
+      description = "Wallet password, generated at first start; LND unlocks the wallet with it.";
+    };
+
+    macaroons = lib.mkOption {
+      type = lib.types.attrsOf macaroonType;
+      default = { };
+      example = lib.literalExpression ''
+        {
+          backups = { user = "lnd-backups"; permissions = [ "offchain:read" "onchain:read" ]; };
+        }
+      '';
+      description = ''
+        Macaroons baked with `lncli bakemacaroon` after every LND start, each with only the
+        listed permissions and readable by `user`. Read the path from `.path`.
+      '';
+    };
+
+    tlsCert = lib.mkOption {
+      type = lib.types.str;
+      readOnly = true;
+      default = "${cfg.certDir}/tls.cert";
+      description = "LND's TLS certificate (public), for gRPC and REST clients.";
+    };
+
+    networkDir = lib.mkOption {
+      type = lib.types.str;
+      readOnly = true;
+      default = "${cfg.dataDir}/data/chain/bitcoin/${lndNetwork}";
+      description = "Directory of the wallet and LND's own macaroons for the active network.";
+    };
+
+    adminMacaroon = lib.mkOption {
+      type = lib.types.str;
+      readOnly = true;
+      default = "${cfg.networkDir}/admin.macaroon";
+      description = "LND's admin macaroon (readable by the lnd user only).";
+    };
+
+    seedMnemonicFile = lib.mkOption {
+      type = lib.types.str;
+      readOnly = true;
+      default = "${cfg.dataDir}/seed-mnemonic";
+      description = "The wallet's aezeed mnemonic, written at wallet creation, mode 0600. Back it up.";
+    };
+
+    cli = lib.mkOption {
+      type = lib.types.package;
+      readOnly = true;
+      default = pkgs.writeShellScriptBin "lncli" ''
+        exec ${cfg.package}/bin/lncli --network=${lndNetwork} --rpcserver=${cfg.rpc.endpoint} \
+          --tlscertpath=${cfg.tlsCert} --macaroonpath=${cfg.macaroons.operator.path} "$@"
+      '';
+      defaultText = lib.literalMD "an `lncli` wrapper using the operator's macaroon";
+      description = "`lncli` wrapper for the operator.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.enable -> bitcoind.enable;
+        message = "bcm.lnd needs bitcoind: set bcm.bitcoind.enable = true.";
+      }
+      {
+        assertion = cfg.tor.enforce -> cfg.tor.proxy;
+        message = "bcm.lnd.tor.enforce cuts LND off from everything but loopback; enable bcm.lnd.tor.proxy (bcm.tor.enable) or set tor.enforce = false.";
+      }
+      {
+        assertion = cfg.tor.proxy -> torCfg.enable;
+        message = "bcm.lnd.tor.proxy needs Tor: set bcm.tor.enable = true.";
+      }
+    ];
+
+    bcm.lnd.tor = {
+      proxy = lib.mkDefault torCfg.enable;
+      enforce = lib.mkDefault torCfg.enforce;
+    };
+
+    # What LND needs from bitcoind: its own RPC user for the calls its chain backend makes.
+    bcm.bitcoind.rpc.users.lnd = {
+      owner = cfg.user;
+      whitelist = [
+        "echo"
+        "estimatesmartfee"
+        "getbestblockhash"
+        "getblock"
+        "getblockchaininfo"
+        "getblockcount"
+        "getblockfilter"
+        "getblockhash"
+        "getblockheader"
+        "getmempoolentry"
+        "getmempoolinfo"
+        "getnetworkinfo"
+        "getpeerinfo"
+        "getrawmempool"
+        "getrawtransaction"
+        "gettxout"
+        "getzmqnotifications"
+        "sendrawtransaction"
+        "testmempoolaccept"
+        "uptime"
+      ];
+    };
+
+    # The operator's lncli: everything but macaroon management.
+    bcm.lnd.macaroons.operator = {
+      user = "root";
+      group = config.bcm.lib.operatorGroup;
+      permissions = [
+        "address:read"
+        "address:write"
+        "info:read"
+        "info:write"
+        "invoices:read"
+        "invoices:write"
+        "message:read"
+        "message:write"
+        "offchain:read"
+        "offchain:write"
+        "onchain:read"
+        "onchain:write"
+        "peers:read"
+        "peers:write"
+        "signer:generate"
+        "signer:read"
+      ];
+    };
+
+    bcm.lnd.settings = lib.mkMerge [
+      {
+        "Application Options" = {
+          alias = cfg.alias;
+          lnddir = cfg.dataDir;
+          listen = bcmLib.hostPort cfg.address cfg.port;
+          rpclisten = cfg.rpc.endpoint;
+          restlisten = bcmLib.hostPort cfg.restAddress cfg.restPort;
+          tlscertpath = cfg.tlsCert;
+          tlskeypath = "${cfg.dataDir}/tls.key";
+          wallet-unlock-password-file = cfg.walletPasswordFile;
+          # First start: wait for the post-start step to create the wallet instead of failing.
+          wallet-unlock-allow-create = true;
+        };
+        Bitcoin = {
+          "bitcoin.${lndNetwork}" = true;
+          "bitcoin.node" = "bitcoind";
+        };
+        Bitcoind = {
+          "bitcoind.rpchost" = bitcoind.rpc.endpoint;
+          "bitcoind.rpcuser" = rpcUser.name;
+          "bitcoind.zmqpubrawblock" = bitcoind.zmq.endpoints.rawblock;
+          "bitcoind.zmqpubrawtx" = bitcoind.zmq.endpoints.rawtx;
+        };
+      }
+      (lib.mkIf cfg.tor.proxy {
+        tor = {
+          "tor.active" = true;
+          "tor.socks" = torCfg.socksEndpoint;
+          "tor.streamisolation" = true;
+        };
+      })
+    ];
+
+    bcm.tor.onionServices.lnd = lib.mkIf torCfg.enable {
+      map = [
+        {
+          port = cfg.port;
+          target.port = cfg.port;
+        }
+      ];
+    };
+
+    bcm.lib.generatedSecrets.lnd-wallet-password = {
+      file = cfg.walletPasswordFile;
+      owner = cfg.user;
+      group = cfg.group;
+      script = "openssl rand -hex 32 | tr -d '\\n'";
+    };
+
+    bcm.operator.tools = [ cfg.cli ];
+
+    systemd.tmpfiles.rules = [
+      "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
+      "d ${cfg.certDir} 0755 ${cfg.user} ${cfg.group} - -"
+      "d ${secretsDir}/lnd-macaroons 0711 root root - -"
+    ];
+
+    systemd.services.lnd = {
+      description = "LND Lightning daemon (${config.bcm.network})";
+      wantedBy = [ "multi-user.target" ];
+      requires = [
+        "bitcoind.service"
+        "bcm-secrets.service"
+      ]
+      ++ lib.optional announceOnion "tor.service";
+      after = [
+        "bitcoind.service"
+        "bcm-secrets.service"
+      ]
+      ++ lib.optional torCfg.enable "tor.service";
+      unitConfig.RequiresMountsFor = [
+        cfg.dataDir
+        cfg.certDir
+        secretsDir
+      ];
+      restartTriggers = [ configFile ];
+      serviceConfig =
+        hardening.strict
+        // bcmLib.peerNetworkAccess cfg.tor
+        // {
+          User = cfg.user;
+          Group = cfg.group;
+          RuntimeDirectory = "lnd";
+          RuntimeDirectoryMode = "0700";
+          LoadCredential = lib.optional announceOnion "onion-address:${onion.hostnameFile}";
+          ExecStartPre = "${prepareConfig}";
+          ExecStart = "${lib.getExe cfg.package} --configfile=${runtimeConfig}";
+          # "+": baking macaroons for other users needs root to hand them over.
+          ExecStartPost = "+${postStart}";
+          ReadWritePaths = [
+            cfg.dataDir
+            cfg.certDir
+          ];
+          Restart = "on-failure";
+          RestartSec = "10s";
+          TimeoutStartSec = "10min";
+          TimeoutStopSec = "10min";
+        };
+    };
+
+    users.users.${cfg.user} = {
+      isSystemUser = true;
+      group = cfg.group;
+      home = cfg.dataDir;
+      description = "LND Lightning daemon";
+    };
+    users.groups.${cfg.group} = { };
+  };
+}

@@ -1,0 +1,20 @@
+# Helpers for the check files.
+{ lib, rendered }:
+rec {
+  # The rendered file called `name` (the part of the store path after the hash).
+  file =
+    name:
+    let
+      found = lib.filter (f: f.name == name) rendered;
+    in
+    if found == [ ] then { text = ""; missing = true; } else lib.head found;
+
+  lines = name: lib.splitString "\n" (file name).text;
+  hasLine = name: line: lib.elem line (lines name);
+  contains = name: fragment: lib.hasInfix fragment (file name).text;
+
+  # Whether an option still has its module default (the host did not set it).
+  isDefault = option: option.highestPrio >= 1500;
+
+  under = dir: path: lib.hasPrefix "${dir}/" path;
+}
