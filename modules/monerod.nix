@@ -246,7 +246,8 @@ in
         rpc-bind-port = cfg.rpc.port;
         rpc-restricted-bind-ip = cfg.restrictedRpc.address;
         rpc-restricted-bind-port = cfg.restrictedRpc.port;
-        confirm-external-bind = !(bcmLib.isLoopback cfg.restrictedRpc.address);
+        # monerod refuses a non-loopback RPC bind unless told the exposure is intended.
+        confirm-external-bind = if bcmLib.isLoopback cfg.restrictedRpc.address then null else true;
         zmq-rpc-bind-ip = "127.0.0.1";
         zmq-rpc-bind-port = cfg.zmq.rpcPort;
         zmq-pub = cfg.zmq.pubEndpoint;

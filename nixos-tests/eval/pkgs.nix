@@ -147,6 +147,7 @@ in
   apacheKafka = mkPackage "apache-kafka" { passthru.jre = jre; };
   coreutils = mkPackage "coreutils" { mainProgram = "ls"; };
   openssl = mkPackage "openssl" { };
+  age = mkPackage "age" { };
   jq = mkPackage "jq" { };
   curl = mkPackage "curl" { };
   systemd = mkPackage "systemd" { mainProgram = "systemctl"; };

@@ -253,5 +253,14 @@ in
     system.stateVersion = mkOption {
       type = types.str;
     };
+    system.activationScripts = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options.text = mkOption { type = types.lines; };
+          options.deps = strList;
+        }
+      );
+      default = { };
+    };
   };
 }

@@ -1,1 +1,45 @@
-{ ... }: [ ]
+{
+  lib,
+  config,
+  options,
+  rendered,
+  check,
+  ...
+}:
+let
+  cfg = config.bcm.kafka;
+  h = import ./lib.nix { inherit lib rendered; };
+  conf = "server.properties";
+  unit = config.systemd.services.kafka;
+  topicsScript = "kafka-create-topics";
+in
+lib.optionals cfg.enable (
+  [
+    (check "kafka: single-node KRaft" (
+      h.hasLine conf "process.roles=broker,controller" && h.hasLine conf "node.id=1" && h.contains "kafka-prepare" "kafka-storage.sh format"
+    ) "KRaft settings or format step missing")
+    (check "kafka: logs on ${cfg.dataDir}${lib.optionalString (h.isDefault options.bcm.kafka.dataDir) " (fast tier)"}" (
+      h.hasLine conf "log.dirs=${cfg.dataDir}/logs"
+      && (h.isDefault options.bcm.kafka.dataDir -> h.under config.bcm.storage.fast cfg.dataDir)
+      && lib.elem cfg.dataDir unit.unitConfig.RequiresMountsFor
+    ) "log.dirs not rendered, not on the fast tier or not guarded")
+    (check "kafka: listeners on loopback with SASL" (
+      h.hasLine conf "listeners=CLIENT://${cfg.bootstrapServers},CONTROLLER://127.0.0.1:${toString cfg.controllerPort}"
+      && h.hasLine conf "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
+      && lib.hasPrefix "127." cfg.address
+    ) "listeners not on loopback or not authenticated")
+    (check "kafka: credentials appended from the host, not the store" (
+      !(h.contains conf "sasl.jaas.config") && h.contains "kafka-prepare" "${config.bcm.lib.secretsDir}/kafka-jaas.properties"
+    ) "JAAS in store or not included")
+  ]
+  ++ lib.optionals (cfg.retentionBytes != null) [
+    (check "kafka: log.retention.bytes=${toString cfg.retentionBytes} from the spec" (
+      h.hasLine conf "log.retention.bytes=${toString cfg.retentionBytes}"
+    ) "retention line missing")
+  ]
+  ++ lib.optionals (cfg.topics != { }) [
+    (check "kafka: topics declared in Nix are created (${lib.concatStringsSep ", " (lib.attrNames cfg.topics)})" (
+      lib.all (t: h.contains topicsScript "--topic ${lib.escapeShellArg t}") (lib.attrNames cfg.topics)
+    ) "a topic is not created")
+  ]
+)
