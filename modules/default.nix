@@ -9,5 +9,6 @@
     ./lnd.nix
     ./monerod.nix
     ./kafka.nix
+    ./secrets.nix
   ];
 }

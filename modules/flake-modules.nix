@@ -10,4 +10,5 @@
   lnd = ./lnd.nix;
   monerod = ./monerod.nix;
   kafka = ./kafka.nix;
+  secrets = ./secrets.nix;
 }

@@ -11,4 +11,5 @@
   ./monerod.nix
   ./kafka.nix
   ./operator.nix
+  ./operator-secrets.nix
 ]
