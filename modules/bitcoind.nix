@@ -12,7 +12,7 @@ let
   hardening = config.bcm.lib.hardening;
   network = config.bcm.network;
   torCfg = config.bcm.tor;
-  secretsDir = config.bcm.lib.secretsDir;
+  secretsDir = config.bcm.lib.generatedSecretsDir;
   onion = torCfg.onionServices.bitcoind or null;
   announceOnion = torCfg.enable && onion != null && onion.enable;
 

@@ -80,10 +80,14 @@ in
         description = "Group of the operator user; it may read CLI credentials and onion addresses.";
       };
 
-      secretsDir = lib.mkOption {
+      generatedSecretsDir = lib.mkOption {
         type = lib.types.str;
         default = "/var/lib/bcm-secrets";
-        description = "Directory of secrets generated on the host at first start. Never in the Nix store.";
+        description = ''
+          Directory of the secrets bcm generates on the host at first start (RPC passwords, the
+          LND wallet password, Kafka credentials, baked macaroons). Never in the Nix store.
+          Operator-provided secrets decrypted from age files live elsewhere (`bcm.secretsDir`).
+        '';
       };
 
       generatedSecrets = lib.mkOption {
@@ -106,7 +110,7 @@ in
                 };
                 file = lib.mkOption {
                   type = lib.types.str;
-                  default = "${cfg.lib.secretsDir}/${name}";
+                  default = "${cfg.lib.generatedSecretsDir}/${name}";
                   description = "Where the secret is written.";
                 };
                 owner = lib.mkOption {
@@ -161,7 +165,7 @@ in
 
     systemd.tmpfiles.rules = [
       # Traversable but not listable: each owner reaches its own file by name.
-      "d ${cfg.lib.secretsDir} 0711 root root - -"
+      "d ${cfg.lib.generatedSecretsDir} 0711 root root - -"
     ];
 
     systemd.services.bcm-secrets = lib.mkIf (enabledSecrets != { }) {
@@ -172,7 +176,7 @@ in
         pkgs.openssl
         pkgs.jq
       ];
-      unitConfig.RequiresMountsFor = [ cfg.lib.secretsDir ];
+      unitConfig.RequiresMountsFor = [ cfg.lib.generatedSecretsDir ];
       script = ''
         set -euo pipefail
         umask 0077
@@ -187,10 +191,10 @@ in
           RemainAfterExit = true;
           # "-": a secret kept outside secretsDir may live in a directory created later.
           ReadWritePaths = [
-            cfg.lib.secretsDir
+            cfg.lib.generatedSecretsDir
           ]
           ++ map (dir: "-${dir}") (
-            lib.remove cfg.lib.secretsDir (lib.unique (map (s: dirOf s.file) (lib.attrValues enabledSecrets)))
+            lib.remove cfg.lib.generatedSecretsDir (lib.unique (map (s: dirOf s.file) (lib.attrValues enabledSecrets)))
           );
         };
     };

@@ -212,7 +212,7 @@ in
       ];
       unitConfig.RequiresMountsFor = [
         cfg.dataDir
-        config.bcm.lib.secretsDir
+        config.bcm.lib.generatedSecretsDir
       ];
       restartTriggers = [ configFile ];
       serviceConfig =

@@ -12,7 +12,7 @@ let
   cfg = config.bcm.kafka;
   bcmLib = import ./lib { inherit lib; };
   hardening = config.bcm.lib.hardening;
-  secretsDir = config.bcm.lib.secretsDir;
+  secretsDir = config.bcm.lib.generatedSecretsDir;
 
   toProperty = value: if lib.isList value then lib.concatMapStringsSep "," toString value else lib.generators.mkValueStringDefault { } value;
   propertiesFormat = pkgs.formats.javaProperties { };

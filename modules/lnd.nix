@@ -12,7 +12,7 @@ let
   hardening = config.bcm.lib.hardening;
   bitcoind = config.bcm.bitcoind;
   torCfg = config.bcm.tor;
-  secretsDir = config.bcm.lib.secretsDir;
+  secretsDir = config.bcm.lib.generatedSecretsDir;
   rpcUser = bitcoind.rpc.users.lnd;
   onion = torCfg.onionServices.lnd or null;
   announceOnion = torCfg.enable && onion != null && onion.enable;

@@ -45,7 +45,7 @@ lib.optionals cfg.enable [
     h.hasLine conf "zmqpubrawblock=${cfg.zmq.endpoints.rawblock}" && h.hasLine conf "zmqpubrawtx=${cfg.zmq.endpoints.rawtx}"
   ) "zmqpub lines missing")
   (check "bitcoind: rpcauth comes from the host, not the store" (
-    h.hasLine conf "includeconf=${config.bcm.lib.secretsDir}/bitcoind-rpcauth.conf" && !(h.contains conf "rpcauth=")
+    h.hasLine conf "includeconf=${config.bcm.lib.generatedSecretsDir}/bitcoind-rpcauth.conf" && !(h.contains conf "rpcauth=")
   ) "includeconf missing or rpcauth rendered")
   (check "bitcoind: Type=notify with systemd-notify" (
     unit.serviceConfig.Type == "notify" && h.contains conf "startupnotify="

@@ -29,7 +29,7 @@ lib.optionals cfg.enable (
       && lib.hasPrefix "127." cfg.address
     ) "listeners not on loopback or not authenticated")
     (check "kafka: credentials appended from the host, not the store" (
-      !(h.contains conf "sasl.jaas.config") && h.contains "kafka-prepare" "${config.bcm.lib.secretsDir}/kafka-jaas.properties"
+      !(h.contains conf "sasl.jaas.config") && h.contains "kafka-prepare" "${config.bcm.lib.generatedSecretsDir}/kafka-jaas.properties"
     ) "JAAS in store or not included")
   ]
   ++ lib.optionals (cfg.retentionBytes != null) [
