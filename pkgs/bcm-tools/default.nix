@@ -4,7 +4,21 @@
   python3Packages,
   age,
   openssh,
+  lnd,
+  runCommand,
 }:
+let
+  # LND's gRPC stubs, generated from the .proto files of the LND the node runs (never committed);
+  # bcm_tools.lnd finds them through BCM_LND_STUBS.
+  lndStubs =
+    runCommand "lnd-grpc-stubs-${lnd.version}"
+      { nativeBuildInputs = [ (python3Packages.python.withPackages (ps: [ ps.grpcio-tools ])) ]; }
+      ''
+        mkdir -p $out
+        python -m grpc_tools.protoc -I ${lnd.src}/lnrpc --python_out=$out --grpc_python_out=$out \
+          lightning.proto walletunlocker.proto stateservice.proto
+      '';
+in
 python3Packages.buildPythonApplication {
   pname = "bcm-tools";
   version = "0.1.0";
@@ -30,10 +44,13 @@ python3Packages.buildPythonApplication {
     mnemonic
     cryptography
     python-bitcoinrpc
+    grpcio
+    protobuf
   ];
 
   # The CLI shells out to these; put them on its PATH.
   makeWrapperArgs = [
+    "--set-default BCM_LND_STUBS ${lndStubs}"
     "--prefix PATH : ${
       lib.makeBinPath [
         age
@@ -56,6 +73,8 @@ python3Packages.buildPythonApplication {
     "lxd"
     "nix"
   ];
+
+  passthru = { inherit lndStubs; };
 
   meta = {
     description = "Operator toolkit for the bcm NixOS modules";
