@@ -1,0 +1,143 @@
+# The regtest example host (hosts/regtest1, written by gen-host) in a VM: every service starts on
+# its storage tier, secrets are generated with the right owners, the operator can use each CLI
+# and read onion addresses but no secret of a service, bitcoind's RPC users are whitelisted, the
+# LND wallet is created and unlocked without interaction, Fulcrum indexes, Kafka has its topics,
+# and losing the bulk disk stops the services on it.
+{ self, testDefaults }:
+{
+  name = "bcm-regtest";
+
+  # The host file sets nixpkgs.hostPlatform, which the read-only test pkgs would reject.
+  node.pkgsReadOnly = false;
+
+  nodes.machine =
+    { lib, ... }:
+    {
+      imports = [
+        testDefaults
+        "${self}/hosts/regtest1"
+      ];
+      virtualisation = {
+        memorySize = 6144;
+        cores = 2;
+        diskSize = 4096;
+        # /dev/vdb and /dev/vdc: the fast and bulk tiers of hosts/regtest1/storage.nix.
+        emptyDiskImages = [
+          4096
+          8192
+        ];
+      };
+      fileSystems."/srv/fast".autoFormat = true;
+      fileSystems."/srv/bulk".autoFormat = true;
+      bcm.kafka = {
+        heapOptions = "-Xms128m -Xmx512m";
+        clients.tester.user = "root";
+        topics."bcm.test".partitions = 2;
+      };
+    };
+
+  testScript = ''
+    import json
+
+    def as_operator(command):
+        return machine.succeed(f"runuser -l operator -c {json.dumps(command)}")
+
+    machine.start()
+    machine.wait_for_unit("multi-user.target")
+
+    with subtest("secrets are generated on the host with owner-only modes"):
+        machine.wait_for_unit("bcm-secrets.service")
+        for path, expected in [
+            ("/var/lib/bcm-secrets/bitcoind-rpc-fulcrum-password", "fulcrum fulcrum 600"),
+            ("/var/lib/bcm-secrets/bitcoind-rpc-lnd-password", "lnd root 600"),
+            ("/var/lib/bcm-secrets/bitcoind-rpcauth.conf", "bitcoind bitcoind 600"),
+            ("/var/lib/bcm-secrets/bitcoind-rpc-cli-password.conf", "root bcm-operator 640"),
+            ("/var/lib/bcm-secrets/lnd-wallet-password", "lnd lnd 600"),
+            ("/var/lib/bcm-secrets/kafka-jaas.properties", "kafka kafka 600"),
+        ]:
+            got = machine.succeed(f"stat -c '%U %G %a' {path}").strip()
+            assert got == expected, f"{path}: {got} != {expected}"
+        # No generated secret value appears anywhere in the store.
+        password = machine.succeed("cat /var/lib/bcm-secrets/bitcoind-rpc-fulcrum-password").strip()
+        machine.fail(f"grep -rqF {password} /nix/store --include='*.conf' --include='*.properties'")
+
+    with subtest("bitcoind keeps blocks on bulk and chainstate on fast"):
+        machine.wait_for_unit("bitcoind.service")
+        as_operator("bitcoin-cli createwallet test")
+        as_operator("bitcoin-cli -generate 110")
+        machine.succeed("test -e /srv/bulk/bitcoind/blocks/regtest/blocks/blk00000.dat")
+        machine.succeed("test -d /srv/fast/bitcoind/regtest/chainstate")
+        machine.succeed("test -d /srv/fast/bitcoind/regtest/indexes/txindex")
+        machine.fail("test -e /srv/fast/bitcoind/regtest/blocks/blk00000.dat")
+
+    with subtest("RPC users are limited by rpcwhitelist"):
+        def rpc_status(user, method):
+            return machine.succeed(
+                f"curl -s -o /dev/null -w '%{{http_code}}' --user {user}:$(cat /var/lib/bcm-secrets/bitcoind-rpc-{user}-password)"
+                f" --data-binary '{{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"{method}\",\"params\":[]}}' http://127.0.0.1:18443/"
+            ).strip()
+        assert rpc_status("fulcrum", "getblockchaininfo") == "200"
+        assert rpc_status("fulcrum", "stop") == "403"
+        assert rpc_status("lnd", "dumptxoutset") == "403"
+
+    with subtest("LND creates and unlocks its wallet without interaction"):
+        machine.wait_for_unit("lnd.service")
+        info = json.loads(as_operator("lncli getinfo"))
+        assert info["synced_to_chain"] in (True, False)
+        machine.succeed("test \"$(stat -c '%U %a' /srv/fast/lnd/seed-mnemonic)\" = 'lnd 600'")
+        assert len(machine.succeed("cat /srv/fast/lnd/seed-mnemonic").split()) == 24
+        machine.succeed("systemctl restart lnd.service")
+        machine.wait_for_unit("lnd.service")
+        as_operator("lncli getinfo")
+        # The operator's macaroon cannot mint new macaroons.
+        machine.fail("runuser -l operator -c 'lncli bakemacaroon info:read'")
+        # The operator cannot read LND's own secrets.
+        machine.fail("runuser -u operator -- cat /srv/fast/lnd/seed-mnemonic")
+        machine.fail("runuser -u operator -- cat /var/lib/bcm-secrets/lnd-wallet-password")
+
+    with subtest("Fulcrum indexes the chain"):
+        machine.wait_for_unit("fulcrum.service")
+        machine.wait_until_succeeds(
+            "echo '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"blockchain.headers.subscribe\",\"params\":[]}'"
+            " | nc -q 2 127.0.0.1 50001 | grep -q '\"height\":110'",
+            timeout=300,
+        )
+
+    with subtest("onion addresses are readable by the operator, the keys are not"):
+        machine.wait_for_unit("tor.service")
+        for name in ["bitcoind", "fulcrum", "lnd", "monerod", "monerod-rpc"]:
+            address = as_operator(f"cat /var/lib/bcm-onion/{name}").strip()
+            assert address.endswith(".onion") and len(address) == 62, address
+        machine.fail("runuser -u operator -- cat /var/lib/tor/onion/bitcoind/hs_ed25519_secret_key")
+        onion = machine.succeed("cat /var/lib/bcm-onion/bitcoind").strip()
+        assert onion in as_operator("bitcoin-cli getnetworkinfo"), "bitcoind does not announce its onion"
+
+    with subtest("Tor enforcement keeps peer daemons on loopback"):
+        for unit in ["bitcoind", "lnd", "monerod"]:
+            allow = machine.succeed(f"systemctl show -p IPAddressAllow --value {unit}").strip()
+            deny = machine.succeed(f"systemctl show -p IPAddressDeny --value {unit}").strip()
+            assert "127.0.0.0/8" in allow and "0.0.0.0/0" not in allow, f"{unit}: {allow}"
+            assert deny != "", f"{unit}: IPAddressDeny is empty"
+
+    with subtest("monerod answers on its restricted RPC and publishes on ZMQ"):
+        machine.wait_for_unit("monerod.service")
+        machine.wait_until_succeeds("curl -sf http://127.0.0.1:18089/get_info | jq -e '.status == \"OK\"'", timeout=300)
+        machine.wait_until_succeeds("ss -ltn | grep -q '127.0.0.1:18084'")
+        as_operator("monerod-cli status")
+
+    with subtest("Kafka runs KRaft on loopback with SASL and has the declared topics"):
+        machine.wait_for_unit("kafka.service")
+        machine.wait_for_unit("kafka-topics.service")
+        topics = as_operator("kafka-cli topics --list")
+        assert "bcm.test" in topics, topics
+        machine.fail("ss -ltn | grep ':9092' | grep -v '127.0.0.1:9092'")
+
+    with subtest("a missing bulk disk stops the services that store data there"):
+        machine.succeed("systemctl stop srv-bulk.mount")
+        machine.wait_until_fails("systemctl is-active bitcoind.service")
+        machine.wait_until_fails("systemctl is-active monerod.service")
+        machine.succeed("systemctl is-active kafka.service")
+        machine.succeed("systemctl start srv-bulk.mount bitcoind.service monerod.service")
+        machine.wait_for_unit("bitcoind.service")
+  '';
+}
