@@ -120,7 +120,14 @@ in
           mkdir -p -m 0751 ${generationsDir}
           new=$(mktemp -d ${generationsDir}/generation.XXXXXX)
           chmod 0751 "$new"
-          old=$(readlink -f ${runtimeDir} 2>/dev/null || true)
+          old=""
+          if [ -L ${runtimeDir} ]; then
+            old=$(readlink -f ${runtimeDir})
+            # Only ever remove a generation made here.
+            case "$old" in ${generationsDir}/*) ;; *) old="" ;; esac
+          elif [ -e ${runtimeDir} ]; then
+            rm -rf ${runtimeDir}
+          fi
 
           decrypt() {
             local name=$1 file=$2 owner=$3 group=$4 mode=$5
