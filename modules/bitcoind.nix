@@ -281,178 +281,183 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = cfg.prune == 0 || cfg.prune >= 550;
-        message = "bcm.bitcoind.prune is ${toString cfg.prune}; bitcoind needs 0 (no pruning) or at least 550 MiB.";
-      }
-      {
-        assertion = cfg.txindex -> cfg.prune == 0;
-        message = "bcm.bitcoind.txindex needs an unpruned node: set bcm.bitcoind.prune = 0 or txindex = false.";
-      }
-      {
-        assertion = cfg.tor.enforce -> cfg.tor.proxy;
-        message = "bcm.bitcoind.tor.enforce cuts bitcoind off from everything but loopback; enable bcm.bitcoind.tor.proxy (bcm.tor.enable) or set tor.enforce = false.";
-      }
-      {
-        assertion = cfg.tor.proxy -> torCfg.enable;
-        message = "bcm.bitcoind.tor.proxy needs Tor: set bcm.tor.enable = true.";
-      }
-      {
-        assertion = cfg.dataDir != cfg.blocksDir;
-        message = "bcm.bitcoind.dataDir and blocksDir must differ (blocks go to bulk storage, chainstate to fast).";
-      }
-    ];
-
-    bcm.bitcoind.tor = {
-      proxy = lib.mkDefault torCfg.enable;
-      enforce = lib.mkDefault torCfg.enforce;
-    };
-
-    bcm.bitcoind.rpc.users.cli = {
-      owner = "root";
-      group = config.bcm.lib.operatorGroup;
-    };
-
-    bcm.bitcoind.settings = lib.mkMerge [
-      {
-        server = true;
-        blocksdir = cfg.blocksDir;
-        dbcache = cfg.dbcache;
-        prune = cfg.prune;
-        txindex = cfg.txindex;
-        listen = true;
-        bind = [ "${bcmLib.hostPort cfg.address cfg.port}" ] ++ lib.optional announceOnion "${bcmLib.hostPort "127.0.0.1" cfg.onionPort}=onion";
-        port = cfg.port;
-        rpcbind = cfg.rpc.address;
-        rpcport = cfg.rpc.port;
-        rpcallowip = lib.mkDefault "127.0.0.1";
-        # Users without an explicit whitelist (the operator's cli user) keep full access.
-        rpcwhitelistdefault = false;
-        rpcwhitelist = lib.mapAttrsToList (_: user: "${user.name}:${lib.concatStringsSep "," user.whitelist}") (
-          lib.filterAttrs (_: user: user.whitelist != null) cfg.rpc.users
-        );
-        zmqpubrawblock = cfg.zmq.endpoints.rawblock;
-        zmqpubrawtx = cfg.zmq.endpoints.rawtx;
-        zmqpubhashblock = cfg.zmq.endpoints.hashblock;
-        zmqpubsequence = cfg.zmq.endpoints.sequence;
-        # Type=notify: bitcoind reports readiness through systemd-notify (see contrib/init).
-        startupnotify = "${pkgs.systemd}/bin/systemd-notify --ready";
-        shutdownnotify = "${pkgs.systemd}/bin/systemd-notify --stopping";
-      }
-      (lib.mkIf cfg.tor.proxy {
-        proxy = torCfg.socksEndpoint;
-        # The onion service is managed by bcm.tor; bitcoind must not create its own.
-        listenonion = false;
-      })
-      (lib.mkIf (network == "regtest") {
-        fallbackfee = lib.mkDefault "0.0002";
-      })
-    ];
-
-    bcm.tor.onionServices.bitcoind = lib.mkIf torCfg.enable {
-      map = [
+  config = lib.mkMerge [
+    {
+      # The operator's bitcoin-cli user, unrestricted. Always defined, so the read-only `cli`
+      # evaluates even while bitcoind is off.
+      bcm.bitcoind.rpc.users.cli = {
+        owner = "root";
+        group = config.bcm.lib.operatorGroup;
+      };
+    }
+    (lib.mkIf cfg.enable {
+      assertions = [
         {
+          assertion = cfg.prune == 0 || cfg.prune >= 550;
+          message = "bcm.bitcoind.prune is ${toString cfg.prune}; bitcoind needs 0 (no pruning) or at least 550 MiB.";
+        }
+        {
+          assertion = cfg.txindex -> cfg.prune == 0;
+          message = "bcm.bitcoind.txindex needs an unpruned node: set bcm.bitcoind.prune = 0 or txindex = false.";
+        }
+        {
+          assertion = cfg.tor.enforce -> cfg.tor.proxy;
+          message = "bcm.bitcoind.tor.enforce cuts bitcoind off from everything but loopback; enable bcm.bitcoind.tor.proxy (bcm.tor.enable) or set tor.enforce = false.";
+        }
+        {
+          assertion = cfg.tor.proxy -> torCfg.enable;
+          message = "bcm.bitcoind.tor.proxy needs Tor: set bcm.tor.enable = true.";
+        }
+        {
+          assertion = cfg.dataDir != cfg.blocksDir;
+          message = "bcm.bitcoind.dataDir and blocksDir must differ (blocks go to bulk storage, chainstate to fast).";
+        }
+      ];
+
+      bcm.bitcoind.tor = {
+        proxy = lib.mkDefault torCfg.enable;
+        enforce = lib.mkDefault torCfg.enforce;
+      };
+
+      bcm.bitcoind.settings = lib.mkMerge [
+        {
+          server = true;
+          blocksdir = cfg.blocksDir;
+          dbcache = cfg.dbcache;
+          prune = cfg.prune;
+          txindex = cfg.txindex;
+          listen = true;
+          bind = [ "${bcmLib.hostPort cfg.address cfg.port}" ] ++ lib.optional announceOnion "${bcmLib.hostPort "127.0.0.1" cfg.onionPort}=onion";
           port = cfg.port;
-          target.port = cfg.onionPort;
+          rpcbind = cfg.rpc.address;
+          rpcport = cfg.rpc.port;
+          rpcallowip = lib.mkDefault "127.0.0.1";
+          # Users without an explicit whitelist (the operator's cli user) keep full access.
+          rpcwhitelistdefault = false;
+          rpcwhitelist = lib.mapAttrsToList (_: user: "${user.name}:${lib.concatStringsSep "," user.whitelist}") (
+            lib.filterAttrs (_: user: user.whitelist != null) cfg.rpc.users
+          );
+          zmqpubrawblock = cfg.zmq.endpoints.rawblock;
+          zmqpubrawtx = cfg.zmq.endpoints.rawtx;
+          zmqpubhashblock = cfg.zmq.endpoints.hashblock;
+          zmqpubsequence = cfg.zmq.endpoints.sequence;
+          # Type=notify: bitcoind reports readiness through systemd-notify (see contrib/init).
+          startupnotify = "${pkgs.systemd}/bin/systemd-notify --ready";
+          shutdownnotify = "${pkgs.systemd}/bin/systemd-notify --stopping";
         }
+        (lib.mkIf cfg.tor.proxy {
+          proxy = torCfg.socksEndpoint;
+          # The onion service is managed by bcm.tor; bitcoind must not create its own.
+          listenonion = false;
+        })
+        (lib.mkIf (network == "regtest") {
+          fallbackfee = lib.mkDefault "0.0002";
+        })
       ];
-    };
 
-    bcm.lib.generatedSecrets = lib.mkMerge (
-      lib.mapAttrsToList (userName: user: {
-        "bitcoind-rpc-${userName}-password" = {
-          file = user.passwordFile;
-          owner = user.owner;
-          group = user.group;
-          mode = if user.group == "root" then "0600" else "0640";
-          script = "openssl rand -hex 32 | tr -d '\\n'";
-        };
-      }) cfg.rpc.users
-      ++ [
-        {
-          # rpcauth lines (salted HMACs of each client's password) for bitcoind's includeconf.
-          bitcoind-rpcauth = {
-            file = rpcauthFile;
-            owner = cfg.user;
-            group = cfg.group;
-            derived = true;
-            script = lib.concatMapStrings (user: ''
-              salt=$(openssl rand -hex 16)
-              hmac=$(openssl dgst -sha256 -hmac "$salt" -r < ${lib.escapeShellArg user.passwordFile} | cut -d' ' -f1)
-              echo "rpcauth=${user.name}:$salt\$$hmac"
-            '') (lib.attrValues cfg.rpc.users);
+      bcm.tor.onionServices.bitcoind = lib.mkIf torCfg.enable {
+        map = [
+          {
+            port = cfg.port;
+            target.port = cfg.onionPort;
+          }
+        ];
+      };
+
+      bcm.lib.generatedSecrets = lib.mkMerge (
+        lib.mapAttrsToList (userName: user: {
+          "bitcoind-rpc-${userName}-password" = {
+            file = user.passwordFile;
+            owner = user.owner;
+            group = user.group;
+            mode = if user.group == "root" then "0600" else "0640";
+            script = "openssl rand -hex 32 | tr -d '\\n'";
           };
-          # Credentials for the operator's bitcoin-cli, included by its store config.
-          bitcoind-cli-credentials = {
-            file = cfg.rpc.users.cli.passwordFile + ".conf";
-            owner = "root";
-            group = config.bcm.lib.operatorGroup;
-            mode = "0640";
-            derived = true;
-            script = ''
-              echo "rpcuser=${cfg.rpc.users.cli.name}"
-              echo "rpcpassword=$(cat ${lib.escapeShellArg cfg.rpc.users.cli.passwordFile})"
-            '';
-          };
-        }
-      ]
-    );
+        }) cfg.rpc.users
+        ++ [
+          {
+            # rpcauth lines (salted HMACs of each client's password) for bitcoind's includeconf.
+            bitcoind-rpcauth = {
+              file = rpcauthFile;
+              owner = cfg.user;
+              group = cfg.group;
+              derived = true;
+              script = lib.concatMapStrings (user: ''
+                salt=$(openssl rand -hex 16)
+                hmac=$(openssl dgst -sha256 -hmac "$salt" -r < ${lib.escapeShellArg user.passwordFile} | cut -d' ' -f1)
+                echo "rpcauth=${user.name}:$salt\$$hmac"
+              '') (lib.attrValues cfg.rpc.users);
+            };
+            # Credentials for the operator's bitcoin-cli, included by its store config.
+            bitcoind-cli-credentials = {
+              file = cfg.rpc.users.cli.passwordFile + ".conf";
+              owner = "root";
+              group = config.bcm.lib.operatorGroup;
+              mode = "0640";
+              derived = true;
+              script = ''
+                echo "rpcuser=${cfg.rpc.users.cli.name}"
+                echo "rpcpassword=$(cat ${lib.escapeShellArg cfg.rpc.users.cli.passwordFile})"
+              '';
+            };
+          }
+        ]
+      );
 
-    bcm.operator.tools = [ cfg.cli ];
+      bcm.operator.tools = [ cfg.cli ];
 
-    systemd.tmpfiles.rules = [
-      "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
-      "d ${cfg.blocksDir} 0750 ${cfg.user} ${cfg.group} - -"
-    ];
-
-    systemd.services.bitcoind = {
-      description = "Bitcoin daemon (${network})";
-      wantedBy = [ "multi-user.target" ];
-      requires = [ "bcm-secrets.service" ] ++ lib.optional announceOnion "tor.service";
-      after = [
-        "network-online.target"
-        "bcm-secrets.service"
-      ]
-      ++ lib.optional torCfg.enable "tor.service";
-      wants = [ "network-online.target" ];
-      # A missing disk must stop bitcoind instead of letting it refill the root filesystem.
-      unitConfig.RequiresMountsFor = [
-        cfg.dataDir
-        cfg.blocksDir
-        secretsDir
+      systemd.tmpfiles.rules = [
+        "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
+        "d ${cfg.blocksDir} 0750 ${cfg.user} ${cfg.group} - -"
       ];
-      restartTriggers = [ configFile ];
-      serviceConfig =
-        hardening.strict
-        // bcmLib.peerNetworkAccess cfg.tor
-        // {
-          Type = "notify";
-          # The notification comes from the systemd-notify child bitcoind spawns.
-          NotifyAccess = "all";
-          User = cfg.user;
-          Group = cfg.group;
-          ExecStart = "${startScript}";
-          LoadCredential = lib.optional announceOnion "onion-address:${onion.hostnameFile}";
-          ReadWritePaths = [
-            cfg.dataDir
-            cfg.blocksDir
-          ];
-          Restart = "on-failure";
-          # Flushing a large dbcache to disk on shutdown takes a while.
-          TimeoutStopSec = "10min";
-          TimeoutStartSec = "1h";
-          LimitNOFILE = 8192;
-        };
-    };
 
-    users.users.${cfg.user} = {
-      isSystemUser = true;
-      group = cfg.group;
-      home = cfg.dataDir;
-      description = "Bitcoin daemon";
-    };
-    users.groups.${cfg.group} = { };
-  };
+      systemd.services.bitcoind = {
+        description = "Bitcoin daemon (${network})";
+        wantedBy = [ "multi-user.target" ];
+        requires = [ "bcm-secrets.service" ] ++ lib.optional announceOnion "tor.service";
+        after = [
+          "network-online.target"
+          "bcm-secrets.service"
+        ]
+        ++ lib.optional torCfg.enable "tor.service";
+        wants = [ "network-online.target" ];
+        # A missing disk must stop bitcoind instead of letting it refill the root filesystem.
+        unitConfig.RequiresMountsFor = [
+          cfg.dataDir
+          cfg.blocksDir
+          secretsDir
+        ];
+        restartTriggers = [ configFile ];
+        serviceConfig =
+          hardening.strict
+          // bcmLib.peerNetworkAccess cfg.tor
+          // {
+            Type = "notify";
+            # The notification comes from the systemd-notify child bitcoind spawns.
+            NotifyAccess = "all";
+            User = cfg.user;
+            Group = cfg.group;
+            ExecStart = "${startScript}";
+            LoadCredential = lib.optional announceOnion "onion-address:${onion.hostnameFile}";
+            ReadWritePaths = [
+              cfg.dataDir
+              cfg.blocksDir
+            ];
+            Restart = "on-failure";
+            # Flushing a large dbcache to disk on shutdown takes a while.
+            TimeoutStopSec = "10min";
+            TimeoutStartSec = "1h";
+            LimitNOFILE = 8192;
+          };
+      };
+
+      users.users.${cfg.user} = {
+        isSystemUser = true;
+        group = cfg.group;
+        home = cfg.dataDir;
+        description = "Bitcoin daemon";
+      };
+      users.groups.${cfg.group} = { };
+    })
+  ];
 }

@@ -225,7 +225,7 @@ in
           RuntimeDirectory = "fulcrum";
           RuntimeDirectoryMode = "0700";
           ExecStartPre = "${preStart}";
-          ExecStart = "${lib.getExe cfg.package} ${runtimeConfig}";
+          ExecStart = "${cfg.package}/bin/Fulcrum ${runtimeConfig}";
           ReadWritePaths = [ cfg.dataDir ];
           Restart = "on-failure";
           # Fulcrum flushes its database on shutdown; killing it early forces a resync.

@@ -217,172 +217,176 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = bcmLib.isLoopback cfg.address;
-        message = "bcm.kafka.address is ${cfg.address}; Kafka listens on loopback only. Set bcm.kafka.address = \"127.0.0.1\".";
-      }
-      {
-        assertion = cfg.port != cfg.controllerPort;
-        message = "bcm.kafka.port and bcm.kafka.controllerPort must differ.";
-      }
-    ];
-
-    bcm.kafka.clients = {
-      admin.user = cfg.user;
-      operator = {
-        user = "root";
-        group = config.bcm.lib.operatorGroup;
+  config = lib.mkMerge [
+    {
+      # Always defined, so the read-only `cli` evaluates even while Kafka is off.
+      bcm.kafka.clients = {
+        admin.user = cfg.user;
+        operator = {
+          user = "root";
+          group = config.bcm.lib.operatorGroup;
+        };
       };
-    };
-
-    bcm.kafka.settings = {
-      "process.roles" = [
-        "broker"
-        "controller"
-      ];
-      "node.id" = 1;
-      "controller.quorum.voters" = "1@${bcmLib.hostPort "127.0.0.1" cfg.controllerPort}";
-      listeners = [
-        "CLIENT://${cfg.bootstrapServers}"
-        "CONTROLLER://${bcmLib.hostPort "127.0.0.1" cfg.controllerPort}"
-      ];
-      "advertised.listeners" = "CLIENT://${cfg.bootstrapServers}";
-      "inter.broker.listener.name" = "CLIENT";
-      "controller.listener.names" = "CONTROLLER";
-      # Every local user can reach loopback, so both listeners authenticate.
-      "listener.security.protocol.map" = [
-        "CLIENT:SASL_PLAINTEXT"
-        "CONTROLLER:SASL_PLAINTEXT"
-      ];
-      "sasl.enabled.mechanisms" = "PLAIN";
-      "sasl.mechanism.inter.broker.protocol" = "PLAIN";
-      "sasl.mechanism.controller.protocol" = "PLAIN";
-      "log.dirs" = logDir;
-      "log.retention.bytes" = cfg.retentionBytes;
-      "num.partitions" = lib.mkDefault 1;
-      "offsets.topic.replication.factor" = 1;
-      "transaction.state.log.replication.factor" = 1;
-      "transaction.state.log.min.isr" = 1;
-      # Topics are declared in Nix; a typo in a producer must not create a new one.
-      "auto.create.topics.enable" = lib.mkDefault false;
-    };
-
-    bcm.lib.generatedSecrets = lib.mkMerge (
-      lib.mapAttrsToList (name: client: {
-        "kafka-client-${name}-password" = {
-          file = client.passwordFile;
-          owner = client.user;
-          group = client.group;
-          mode = if client.group == "root" then "0600" else "0640";
-          script = "openssl rand -hex 32 | tr -d '\\n'";
-        };
-        "kafka-client-${name}.properties" = {
-          file = client.propertiesFile;
-          owner = client.user;
-          group = client.group;
-          mode = if client.group == "root" then "0600" else "0640";
-          derived = true;
-          script = ''
-            echo "security.protocol=SASL_PLAINTEXT"
-            echo "sasl.mechanism=PLAIN"
-            printf 'sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="%s" password="%s";\n' \
-              ${lib.escapeShellArg name} "$(cat ${lib.escapeShellArg client.passwordFile})"
-          '';
-        };
-      }) cfg.clients
-      ++ [
+    }
+    (lib.mkIf cfg.enable {
+      assertions = [
         {
-          # The broker's JAAS settings: its own login as admin, and every client's password.
-          kafka-jaas = {
-            file = jaasFile;
-            owner = cfg.user;
-            group = cfg.group;
+          assertion = bcmLib.isLoopback cfg.address;
+          message = "bcm.kafka.address is ${cfg.address}; Kafka listens on loopback only. Set bcm.kafka.address = \"127.0.0.1\".";
+        }
+        {
+          assertion = cfg.port != cfg.controllerPort;
+          message = "bcm.kafka.port and bcm.kafka.controllerPort must differ.";
+        }
+      ];
+
+      bcm.kafka.settings = {
+        "process.roles" = [
+          "broker"
+          "controller"
+        ];
+        "node.id" = 1;
+        "controller.quorum.voters" = "1@${bcmLib.hostPort "127.0.0.1" cfg.controllerPort}";
+        listeners = [
+          "CLIENT://${cfg.bootstrapServers}"
+          "CONTROLLER://${bcmLib.hostPort "127.0.0.1" cfg.controllerPort}"
+        ];
+        "advertised.listeners" = "CLIENT://${cfg.bootstrapServers}";
+        "inter.broker.listener.name" = "CLIENT";
+        "controller.listener.names" = "CONTROLLER";
+        # Every local user can reach loopback, so both listeners authenticate.
+        "listener.security.protocol.map" = [
+          "CLIENT:SASL_PLAINTEXT"
+          "CONTROLLER:SASL_PLAINTEXT"
+        ];
+        "sasl.enabled.mechanisms" = "PLAIN";
+        "sasl.mechanism.inter.broker.protocol" = "PLAIN";
+        "sasl.mechanism.controller.protocol" = "PLAIN";
+        "log.dirs" = logDir;
+        "log.retention.bytes" = cfg.retentionBytes;
+        "num.partitions" = lib.mkDefault 1;
+        "offsets.topic.replication.factor" = 1;
+        "transaction.state.log.replication.factor" = 1;
+        "transaction.state.log.min.isr" = 1;
+        # Topics are declared in Nix; a typo in a producer must not create a new one.
+        "auto.create.topics.enable" = lib.mkDefault false;
+      };
+
+      bcm.lib.generatedSecrets = lib.mkMerge (
+        lib.mapAttrsToList (name: client: {
+          "kafka-client-${name}-password" = {
+            file = client.passwordFile;
+            owner = client.user;
+            group = client.group;
+            mode = if client.group == "root" then "0600" else "0640";
+            script = "openssl rand -hex 32 | tr -d '\\n'";
+          };
+          "kafka-client-${name}.properties" = {
+            file = client.propertiesFile;
+            owner = client.user;
+            group = client.group;
+            mode = if client.group == "root" then "0600" else "0640";
             derived = true;
             script = ''
-              jaas="org.apache.kafka.common.security.plain.PlainLoginModule required"
-              jaas="$jaas username=\"admin\" password=\"$(cat ${lib.escapeShellArg cfg.clients.admin.passwordFile})\""
-              ${lib.concatStrings (
-                lib.mapAttrsToList (name: client: ''
-                  jaas="$jaas user_${name}=\"$(cat ${lib.escapeShellArg client.passwordFile})\""
-                '') cfg.clients
-              )}
-              echo "listener.name.client.plain.sasl.jaas.config=$jaas;"
-              echo "listener.name.controller.plain.sasl.jaas.config=$jaas;"
+              echo "security.protocol=SASL_PLAINTEXT"
+              echo "sasl.mechanism=PLAIN"
+              printf 'sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="%s" password="%s";\n' \
+                ${lib.escapeShellArg name} "$(cat ${lib.escapeShellArg client.passwordFile})"
             '';
           };
-        }
-      ]
-    );
+        }) cfg.clients
+        ++ [
+          {
+            # The broker's JAAS settings: its own login as admin, and every client's password.
+            kafka-jaas = {
+              file = jaasFile;
+              owner = cfg.user;
+              group = cfg.group;
+              derived = true;
+              script = ''
+                jaas="org.apache.kafka.common.security.plain.PlainLoginModule required"
+                jaas="$jaas username=\"admin\" password=\"$(cat ${lib.escapeShellArg cfg.clients.admin.passwordFile})\""
+                ${lib.concatStrings (
+                  lib.mapAttrsToList (name: client: ''
+                    jaas="$jaas user_${name}=\"$(cat ${lib.escapeShellArg client.passwordFile})\""
+                  '') cfg.clients
+                )}
+                echo "listener.name.client.plain.sasl.jaas.config=$jaas;"
+                echo "listener.name.controller.plain.sasl.jaas.config=$jaas;"
+              '';
+            };
+          }
+        ]
+      );
 
-    bcm.operator.tools = [ cfg.cli ];
+      bcm.operator.tools = [ cfg.cli ];
 
-    systemd.tmpfiles.rules = [
-      "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
-      "d ${logDir} 0750 ${cfg.user} ${cfg.group} - -"
-    ];
-
-    systemd.services.kafka = {
-      description = "Apache Kafka (KRaft, single node)";
-      wantedBy = [ "multi-user.target" ];
-      requires = [ "bcm-secrets.service" ];
-      after = [ "bcm-secrets.service" ];
-      unitConfig.RequiresMountsFor = [
-        cfg.dataDir
-        secretsDir
+      systemd.tmpfiles.rules = [
+        "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
+        "d ${logDir} 0750 ${cfg.user} ${cfg.group} - -"
       ];
-      restartTriggers = [ serverProperties ];
-      environment = {
-        KAFKA_HEAP_OPTS = cfg.heapOptions;
-        LOG_DIR = "/run/kafka/logs";
+
+      systemd.services.kafka = {
+        description = "Apache Kafka (KRaft, single node)";
+        wantedBy = [ "multi-user.target" ];
+        requires = [ "bcm-secrets.service" ];
+        after = [ "bcm-secrets.service" ];
+        unitConfig.RequiresMountsFor = [
+          cfg.dataDir
+          secretsDir
+        ];
+        restartTriggers = [ serverProperties ];
+        environment = {
+          KAFKA_HEAP_OPTS = cfg.heapOptions;
+          LOG_DIR = "/run/kafka/logs";
+        };
+        serviceConfig =
+          hardening.strict
+          // hardening.loopbackOnly
+          // hardening.allowJit
+          // {
+            User = cfg.user;
+            Group = cfg.group;
+            RuntimeDirectory = "kafka";
+            RuntimeDirectoryMode = "0700";
+            ExecStartPre = "${prepare}";
+            ExecStart = "${cfg.package}/bin/kafka-server-start.sh ${runtimeProperties}";
+            ReadWritePaths = [ cfg.dataDir ];
+            # The JVM exits with 143 on SIGTERM.
+            SuccessExitStatus = "0 143";
+            Restart = "on-failure";
+            TimeoutStopSec = "5min";
+            LimitNOFILE = 65536;
+          };
       };
-      serviceConfig =
-        hardening.strict
-        // hardening.loopbackOnly
-        // hardening.allowJit
-        // {
-          User = cfg.user;
-          Group = cfg.group;
-          RuntimeDirectory = "kafka";
-          RuntimeDirectoryMode = "0700";
-          ExecStartPre = "${prepare}";
-          ExecStart = "${cfg.package}/bin/kafka-server-start.sh ${runtimeProperties}";
-          ReadWritePaths = [ cfg.dataDir ];
-          # The JVM exits with 143 on SIGTERM.
-          SuccessExitStatus = "0 143";
-          Restart = "on-failure";
-          TimeoutStopSec = "5min";
-          LimitNOFILE = 65536;
-        };
-    };
 
-    systemd.services.kafka-topics = lib.mkIf (cfg.topics != { }) {
-      description = "Create the Kafka topics declared in Nix";
-      wantedBy = [ "multi-user.target" ];
-      requires = [ "kafka.service" ];
-      after = [ "kafka.service" ];
-      partOf = [ "kafka.service" ];
-      environment.KAFKA_HEAP_OPTS = "-Xmx256m";
-      serviceConfig =
-        hardening.strict
-        // hardening.loopbackOnly
-        // hardening.allowJit
-        // {
-          Type = "oneshot";
-          RemainAfterExit = true;
-          User = cfg.user;
-          Group = cfg.group;
-          ExecStart = "${createTopics}";
-        };
-    };
+      systemd.services.kafka-topics = lib.mkIf (cfg.topics != { }) {
+        description = "Create the Kafka topics declared in Nix";
+        wantedBy = [ "multi-user.target" ];
+        requires = [ "kafka.service" ];
+        after = [ "kafka.service" ];
+        partOf = [ "kafka.service" ];
+        environment.KAFKA_HEAP_OPTS = "-Xmx256m";
+        serviceConfig =
+          hardening.strict
+          // hardening.loopbackOnly
+          // hardening.allowJit
+          // {
+            Type = "oneshot";
+            RemainAfterExit = true;
+            User = cfg.user;
+            Group = cfg.group;
+            ExecStart = "${createTopics}";
+          };
+      };
 
-    users.users.${cfg.user} = {
-      isSystemUser = true;
-      group = cfg.group;
-      home = cfg.dataDir;
-      description = "Apache Kafka";
-    };
-    users.groups.${cfg.group} = { };
-  };
+      users.users.${cfg.user} = {
+        isSystemUser = true;
+        group = cfg.group;
+        home = cfg.dataDir;
+        description = "Apache Kafka";
+      };
+      users.groups.${cfg.group} = { };
+    })
+  ];
 }

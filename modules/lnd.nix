@@ -288,185 +288,189 @@ in
     };
   };
 
-  config = lib.mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = cfg.enable -> bitcoind.enable;
-        message = "bcm.lnd needs bitcoind: set bcm.bitcoind.enable = true.";
-      }
-      {
-        assertion = cfg.tor.enforce -> cfg.tor.proxy;
-        message = "bcm.lnd.tor.enforce cuts LND off from everything but loopback; enable bcm.lnd.tor.proxy (bcm.tor.enable) or set tor.enforce = false.";
-      }
-      {
-        assertion = cfg.tor.proxy -> torCfg.enable;
-        message = "bcm.lnd.tor.proxy needs Tor: set bcm.tor.enable = true.";
-      }
-    ];
-
-    bcm.lnd.tor = {
-      proxy = lib.mkDefault torCfg.enable;
-      enforce = lib.mkDefault torCfg.enforce;
-    };
-
-    # What LND needs from bitcoind: its own RPC user for the calls its chain backend makes.
-    bcm.bitcoind.rpc.users.lnd = {
-      owner = cfg.user;
-      whitelist = [
-        "echo"
-        "estimatesmartfee"
-        "getbestblockhash"
-        "getblock"
-        "getblockchaininfo"
-        "getblockcount"
-        "getblockfilter"
-        "getblockhash"
-        "getblockheader"
-        "getmempoolentry"
-        "getmempoolinfo"
-        "getnetworkinfo"
-        "getpeerinfo"
-        "getrawmempool"
-        "getrawtransaction"
-        "gettxout"
-        "getzmqnotifications"
-        "sendrawtransaction"
-        "testmempoolaccept"
-        "uptime"
-      ];
-    };
-
-    # The operator's lncli: everything but macaroon management.
-    bcm.lnd.macaroons.operator = {
-      user = "root";
-      group = config.bcm.lib.operatorGroup;
-      permissions = [
-        "address:read"
-        "address:write"
-        "info:read"
-        "info:write"
-        "invoices:read"
-        "invoices:write"
-        "message:read"
-        "message:write"
-        "offchain:read"
-        "offchain:write"
-        "onchain:read"
-        "onchain:write"
-        "peers:read"
-        "peers:write"
-        "signer:generate"
-        "signer:read"
-      ];
-    };
-
-    bcm.lnd.settings = lib.mkMerge [
-      {
-        "Application Options" = {
-          alias = cfg.alias;
-          lnddir = cfg.dataDir;
-          listen = bcmLib.hostPort cfg.address cfg.port;
-          rpclisten = cfg.rpc.endpoint;
-          restlisten = bcmLib.hostPort cfg.restAddress cfg.restPort;
-          tlscertpath = cfg.tlsCert;
-          tlskeypath = "${cfg.dataDir}/tls.key";
-          wallet-unlock-password-file = cfg.walletPasswordFile;
-          # First start: wait for the post-start step to create the wallet instead of failing.
-          wallet-unlock-allow-create = true;
-        };
-        Bitcoin = {
-          "bitcoin.${lndNetwork}" = true;
-          "bitcoin.node" = "bitcoind";
-        };
-        Bitcoind = {
-          "bitcoind.rpchost" = bitcoind.rpc.endpoint;
-          "bitcoind.rpcuser" = rpcUser.name;
-          "bitcoind.zmqpubrawblock" = bitcoind.zmq.endpoints.rawblock;
-          "bitcoind.zmqpubrawtx" = bitcoind.zmq.endpoints.rawtx;
-        };
-      }
-      (lib.mkIf cfg.tor.proxy {
-        tor = {
-          "tor.active" = true;
-          "tor.socks" = torCfg.socksEndpoint;
-          "tor.streamisolation" = true;
-        };
-      })
-    ];
-
-    bcm.tor.onionServices.lnd = lib.mkIf torCfg.enable {
-      map = [
+  config = lib.mkMerge [
+    {
+      # The operator's lncli: everything but macaroon management. Always defined, so the
+      # read-only `cli` evaluates even while LND is off.
+      bcm.lnd.macaroons.operator = {
+        user = "root";
+        group = config.bcm.lib.operatorGroup;
+        permissions = [
+          "address:read"
+          "address:write"
+          "info:read"
+          "info:write"
+          "invoices:read"
+          "invoices:write"
+          "message:read"
+          "message:write"
+          "offchain:read"
+          "offchain:write"
+          "onchain:read"
+          "onchain:write"
+          "peers:read"
+          "peers:write"
+          "signer:generate"
+          "signer:read"
+        ];
+      };
+    }
+    (lib.mkIf cfg.enable {
+      assertions = [
         {
-          port = cfg.port;
-          target.port = cfg.port;
+          assertion = cfg.enable -> bitcoind.enable;
+          message = "bcm.lnd needs bitcoind: set bcm.bitcoind.enable = true.";
+        }
+        {
+          assertion = cfg.tor.enforce -> cfg.tor.proxy;
+          message = "bcm.lnd.tor.enforce cuts LND off from everything but loopback; enable bcm.lnd.tor.proxy (bcm.tor.enable) or set tor.enforce = false.";
+        }
+        {
+          assertion = cfg.tor.proxy -> torCfg.enable;
+          message = "bcm.lnd.tor.proxy needs Tor: set bcm.tor.enable = true.";
         }
       ];
-    };
 
-    bcm.lib.generatedSecrets.lnd-wallet-password = {
-      file = cfg.walletPasswordFile;
-      owner = cfg.user;
-      group = cfg.group;
-      script = "openssl rand -hex 32 | tr -d '\\n'";
-    };
+      bcm.lnd.tor = {
+        proxy = lib.mkDefault torCfg.enable;
+        enforce = lib.mkDefault torCfg.enforce;
+      };
 
-    bcm.operator.tools = [ cfg.cli ];
+      # What LND needs from bitcoind: its own RPC user for the calls its chain backend makes.
+      bcm.bitcoind.rpc.users.lnd = {
+        owner = cfg.user;
+        whitelist = [
+          "echo"
+          "estimatesmartfee"
+          "getbestblockhash"
+          "getblock"
+          "getblockchaininfo"
+          "getblockcount"
+          "getblockfilter"
+          "getblockhash"
+          "getblockheader"
+          "getmempoolentry"
+          "getmempoolinfo"
+          "getnetworkinfo"
+          "getpeerinfo"
+          "getrawmempool"
+          "getrawtransaction"
+          "gettxout"
+          "getzmqnotifications"
+          "sendrawtransaction"
+          "testmempoolaccept"
+          "uptime"
+        ];
+      };
 
-    systemd.tmpfiles.rules = [
-      "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
-      "d ${cfg.certDir} 0755 ${cfg.user} ${cfg.group} - -"
-      "d ${secretsDir}/lnd-macaroons 0711 root root - -"
-    ];
-
-    systemd.services.lnd = {
-      description = "LND Lightning daemon (${config.bcm.network})";
-      wantedBy = [ "multi-user.target" ];
-      requires = [
-        "bitcoind.service"
-        "bcm-secrets.service"
-      ]
-      ++ lib.optional announceOnion "tor.service";
-      after = [
-        "bitcoind.service"
-        "bcm-secrets.service"
-      ]
-      ++ lib.optional torCfg.enable "tor.service";
-      unitConfig.RequiresMountsFor = [
-        cfg.dataDir
-        cfg.certDir
-        secretsDir
+      bcm.lnd.settings = lib.mkMerge [
+        {
+          "Application Options" = {
+            alias = cfg.alias;
+            lnddir = cfg.dataDir;
+            listen = bcmLib.hostPort cfg.address cfg.port;
+            rpclisten = cfg.rpc.endpoint;
+            restlisten = bcmLib.hostPort cfg.restAddress cfg.restPort;
+            tlscertpath = cfg.tlsCert;
+            tlskeypath = "${cfg.dataDir}/tls.key";
+            wallet-unlock-password-file = cfg.walletPasswordFile;
+            # First start: wait for the post-start step to create the wallet instead of failing.
+            wallet-unlock-allow-create = true;
+          };
+          Bitcoin = {
+            "bitcoin.${lndNetwork}" = true;
+            "bitcoin.node" = "bitcoind";
+          };
+          Bitcoind = {
+            "bitcoind.rpchost" = bitcoind.rpc.endpoint;
+            "bitcoind.rpcuser" = rpcUser.name;
+            "bitcoind.zmqpubrawblock" = bitcoind.zmq.endpoints.rawblock;
+            "bitcoind.zmqpubrawtx" = bitcoind.zmq.endpoints.rawtx;
+          };
+        }
+        (lib.mkIf cfg.tor.proxy {
+          tor = {
+            "tor.active" = true;
+            "tor.socks" = torCfg.socksEndpoint;
+            "tor.streamisolation" = true;
+          };
+        })
       ];
-      restartTriggers = [ configFile ];
-      serviceConfig =
-        hardening.strict
-        // bcmLib.peerNetworkAccess cfg.tor
-        // {
-          User = cfg.user;
-          Group = cfg.group;
-          RuntimeDirectory = "lnd";
-          RuntimeDirectoryMode = "0700";
-          LoadCredential = lib.optional announceOnion "onion-address:${onion.hostnameFile}";
-          ExecStartPre = "${prepareConfig}";
-          ExecStart = "${lib.getExe cfg.package} --configfile=${runtimeConfig}";
-          # "+": baking macaroons for other users needs root to hand them over.
-          ExecStartPost = "+${postStart}";
-          ReadWritePaths = [
-            cfg.dataDir
-            cfg.certDir
-          ];
-          Restart = "on-failure";
-          RestartSec = "10s";
-          TimeoutStartSec = "10min";
-          TimeoutStopSec = "10min";
-        };
-    };
 
-    users.users.${cfg.user} = {
-      isSystemUser = true;
-      group = cfg.group;
-      home = cfg.dataDir;
-      description = "LND Lightning daemon";
-    };
-    users.groups.${cfg.group} = { };
-  };
+      bcm.tor.onionServices.lnd = lib.mkIf torCfg.enable {
+        map = [
+          {
+            port = cfg.port;
+            target.port = cfg.port;
+          }
+        ];
+      };
+
+      bcm.lib.generatedSecrets.lnd-wallet-password = {
+        file = cfg.walletPasswordFile;
+        owner = cfg.user;
+        group = cfg.group;
+        script = "openssl rand -hex 32 | tr -d '\\n'";
+      };
+
+      bcm.operator.tools = [ cfg.cli ];
+
+      systemd.tmpfiles.rules = [
+        "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
+        "d ${cfg.certDir} 0755 ${cfg.user} ${cfg.group} - -"
+        "d ${secretsDir}/lnd-macaroons 0711 root root - -"
+      ];
+
+      systemd.services.lnd = {
+        description = "LND Lightning daemon (${config.bcm.network})";
+        wantedBy = [ "multi-user.target" ];
+        requires = [
+          "bitcoind.service"
+          "bcm-secrets.service"
+        ]
+        ++ lib.optional announceOnion "tor.service";
+        after = [
+          "bitcoind.service"
+          "bcm-secrets.service"
+        ]
+        ++ lib.optional torCfg.enable "tor.service";
+        unitConfig.RequiresMountsFor = [
+          cfg.dataDir
+          cfg.certDir
+          secretsDir
+        ];
+        restartTriggers = [ configFile ];
+        serviceConfig =
+          hardening.strict
+          // bcmLib.peerNetworkAccess cfg.tor
+          // {
+            User = cfg.user;
+            Group = cfg.group;
+            RuntimeDirectory = "lnd";
+            RuntimeDirectoryMode = "0700";
+            LoadCredential = lib.optional announceOnion "onion-address:${onion.hostnameFile}";
+            ExecStartPre = "${prepareConfig}";
+            ExecStart = "${cfg.package}/bin/lnd --lnddir=${cfg.dataDir} --configfile=${runtimeConfig}";
+            # "+": baking macaroons for other users needs root to hand them over.
+            ExecStartPost = "+${postStart}";
+            ReadWritePaths = [
+              cfg.dataDir
+              cfg.certDir
+            ];
+            Restart = "on-failure";
+            RestartSec = "10s";
+            TimeoutStartSec = "10min";
+            TimeoutStopSec = "10min";
+          };
+      };
+
+      users.users.${cfg.user} = {
+        isSystemUser = true;
+        group = cfg.group;
+        home = cfg.dataDir;
+        description = "LND Lightning daemon";
+      };
+      users.groups.${cfg.group} = { };
+    })
+  ];
 }

@@ -60,7 +60,7 @@ let
       onion=$(cat "$CREDENTIALS_DIRECTORY/onion-address")
       args+=("--anonymous-inbound=$onion:${toString cfg.anonymousInboundPort},127.0.0.1:${toString cfg.anonymousInboundPort},${toString cfg.maxAnonymousInbound}")
     ''}
-    exec ${lib.getExe cfg.package} --config-file=${configFile} --non-interactive "''${args[@]}"
+    exec ${cfg.package}/bin/monerod --config-file=${configFile} --non-interactive "''${args[@]}"
   '';
 in
 {
@@ -191,7 +191,7 @@ in
       default = pkgs.writeShellScriptBin "monerod-cli" ''
         # monerod forwards a command given on its command line (status, sync_info, ...) to the
         # running daemon's RPC.
-        exec ${lib.getExe cfg.package} --rpc-bind-ip=${cfg.rpc.address} --rpc-bind-port=${toString cfg.rpc.port} ${
+        exec ${cfg.package}/bin/monerod --rpc-bind-ip=${cfg.rpc.address} --rpc-bind-port=${toString cfg.rpc.port} ${
           lib.concatStringsSep " " (lib.mapAttrsToList (flag: _: "--${flag}") (removeAttrs networkSettings.${network} [ "fixed-difficulty" ]))
         } "$@"
       '';

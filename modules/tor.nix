@@ -194,7 +194,7 @@ in
           NotifyAccess = "main";
           User = "tor";
           Group = "tor";
-          ExecStart = "${lib.getExe cfg.package} -f ${torrc}";
+          ExecStart = "${cfg.package}/bin/tor -f ${torrc}";
           # "+": copying the addresses to root-owned, operator-readable files needs root.
           ExecStartPost = "+${exportOnionAddresses}";
           ReadWritePaths = [ cfg.dataDir ];

@@ -1,5 +1,5 @@
-# Every file the modules render into the store, found by following the string context of the
-# evaluated configuration (the stub pkgs write files with builtins.toFile), then the store paths
+# Every file the modules render into the store, found by following the string context of what
+# the system would contain (units, tmpfiles, users and their packages, system packages) (the stub pkgs write files with builtins.toFile), then the store paths
 # named inside those files. Returns a list of { path; name; text; }.
 { lib, config }:
 let
@@ -22,7 +22,6 @@ let
     config.systemd.tmpfiles.rules
     config.users.users
     config.environment.systemPackages
-    config.bcm
   ];
 
   contextPaths = lib.unique (lib.concatMap (s: lib.attrNames (builtins.getContext s)) roots);
