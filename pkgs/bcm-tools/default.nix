@@ -59,10 +59,17 @@ python3Packages.buildPythonApplication {
     }"
   ];
 
-  nativeCheckInputs = with python3Packages; [
-    pytestCheckHook
-    hypothesis
-  ];
+  nativeCheckInputs =
+    (with python3Packages; [
+      pytestCheckHook
+      hypothesis
+      libagent
+    ])
+    # The secrets tests run the real age CLI and ssh-keygen.
+    ++ [
+      age
+      openssh
+    ];
   # Tests that start daemons need them on loopback; the VM tests cover those under Nix.
   disabledTestMarks = [
     "lnd"
