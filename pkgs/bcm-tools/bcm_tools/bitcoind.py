@@ -10,10 +10,11 @@ from __future__ import annotations
 import http.client
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bcm_tools.errors import DaemonError, RpcError, UsageError
 
@@ -62,6 +63,40 @@ class RpcEndpoint:
         return f"{self.host}:{self.port}"
 
 
+class _Reply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class BlockchainInfo(_Reply):
+    chain: str
+    blocks: int
+
+
+class BlockHeader(_Reply):
+    hash: str
+    height: int
+    time: int
+
+
+class WalletInfo(_Reply):
+    walletname: str = ""
+    private_keys_enabled: bool
+    descriptors: bool
+
+
+class ImportFailure(_Reply):
+    code: int = 0
+    message: str = "unknown error"
+
+
+class ImportResult(_Reply):
+    success: bool
+    error: ImportFailure | None = None
+
+
+_ReplyT = TypeVar("_ReplyT", bound=_Reply)
+
+
 class Bitcoind:
     """One bitcoind node."""
 
@@ -83,14 +118,24 @@ class Bitcoind:
             reason = getattr(err, "strerror", None) or err.__class__.__name__
             raise DaemonError(f"cannot reach {where} ({reason})") from None
 
+    def typed(self, model: type[_ReplyT], method: str, *params: Any, wallet: str | None = None) -> _ReplyT:
+        """`call`, with the reply validated into `model`."""
+        reply = self.call(method, *params, wallet=wallet)
+        try:
+            return model.model_validate(reply)
+        except ValidationError as err:
+            problem = err.errors()[0]
+            field = ".".join(str(p) for p in problem["loc"]) or "reply"
+            raise DaemonError(f"bitcoind at {self.endpoint.shown}: unexpected {method} reply ({field}: {problem['msg']})") from None
+
     # --- the calls bcm-tools makes --------------------------------------------------------
 
     def chain(self) -> str:
-        return self.call("getblockchaininfo")["chain"]
+        return self.typed(BlockchainInfo, "getblockchaininfo").chain
 
     def block_time(self, height: int) -> int:
         """Timestamp of the block at `height`: where a wallet's rescan may start."""
-        return int(self.call("getblockheader", self.call("getblockhash", height))["time"])
+        return self.typed(BlockHeader, "getblockheader", self.call("getblockhash", height)).time
 
     def tip_height(self) -> int:
         return int(self.call("getblockcount"))
@@ -108,8 +153,8 @@ class Bitcoind:
                 raise
         if name not in self.call("listwallets"):
             self.call("loadwallet", name)
-        info = self.call("getwalletinfo", wallet=name)
-        if info.get("private_keys_enabled") or not info.get("descriptors"):
+        info = self.typed(WalletInfo, "getwalletinfo", wallet=name)
+        if info.private_keys_enabled or not info.descriptors:
             raise DaemonError(
                 f"wallet {name!r} already exists on bitcoind at {self.endpoint.shown} and is not a "
                 "watch-only descriptor wallet; choose another --wallet name"
@@ -117,8 +162,14 @@ class Bitcoind:
         return False
 
     def import_descriptors(self, wallet: str, requests: list[dict[str, Any]]) -> None:
-        results = self.call("importdescriptors", requests, wallet=wallet)
-        for request, result in zip(requests, results):
-            if not result.get("success"):
-                message = (result.get("error") or {}).get("message", "unknown error")
+        replies = self.call("importdescriptors", requests, wallet=wallet)
+        if not isinstance(replies, list) or len(replies) != len(requests):
+            raise DaemonError(f"bitcoind at {self.endpoint.shown}: importdescriptors answered {len(replies) if isinstance(replies, list) else 'no list'} results for {len(requests)} descriptors")
+        for request, reply in zip(requests, replies):
+            try:
+                result = ImportResult.model_validate(reply)
+            except ValidationError:
+                raise DaemonError(f"bitcoind at {self.endpoint.shown}: unexpected importdescriptors reply") from None
+            if not result.success:
+                message = result.error.message if result.error else "unknown error"
                 raise DaemonError(f"bitcoind refused descriptor {request['desc']}: {message}")

@@ -188,8 +188,9 @@ def test_existing_wallet_with_private_keys_is_refused(run_cli, bitcoind, words):
         (lambda b: setattr(b, "chain", "test"), "bitcoind runs chain 'test' but --network is 'mainnet'", UsageError.exit_code),
         (lambda b: b.overrides.update(importdescriptors=[{"success": False, "error": {"code": -5, "message": "Invalid descriptor"}}] * 4), "bitcoind refused descriptor wpkh(", DaemonError.exit_code),
         (lambda b: b.overrides.update(getblockhash={"error": {"code": -8, "message": "Block height out of range"}}), "getblockhash failed: Block height out of range (code -8)", DaemonError.exit_code),
+        (lambda b: b.overrides.update(getblockheader={"hash": "00", "height": 1}), "unexpected getblockheader reply (time: Field required)", DaemonError.exit_code),
     ],
-    ids=["wrong-chain", "import-refused", "birthday-beyond-tip"],
+    ids=["wrong-chain", "import-refused", "birthday-beyond-tip", "malformed-reply"],
 )
 def test_bitcoind_errors_are_one_line(run_cli, bitcoind, words, setup, message, code):
     setup(bitcoind)
