@@ -7,6 +7,7 @@
     ./bitcoind.nix
     ./fulcrum.nix
     ./lnd.nix
+    ./lnd-backups.nix
     ./monerod.nix
     ./kafka.nix
     ./secrets.nix

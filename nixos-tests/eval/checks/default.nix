@@ -8,6 +8,7 @@
   ./tor.nix
   ./fulcrum.nix
   ./lnd.nix
+  ./lnd-backups.nix
   ./monerod.nix
   ./kafka.nix
   ./operator.nix
