@@ -2,12 +2,18 @@
 # the operator group, and the generator of host-side secrets.
 {
   config,
+  options,
   lib,
   pkgs,
   ...
 }:
 let
   cfg = config.bcm;
+  # A host may have no bulk tier when nothing is placed there; only check what is set.
+  definedTiers = lib.filter (tier: options.bcm.storage.${tier}.isDefined) [
+    "fast"
+    "bulk"
+  ];
   bcmLib = import ./lib { inherit lib; };
   secretsCfg = cfg.lib.generatedSecrets;
   enabledSecrets = lib.filterAttrs (_: secret: secret.enable) secretsCfg;
@@ -147,7 +153,7 @@ in
   config = {
     assertions = [
       {
-        assertion = lib.hasPrefix "/" cfg.storage.fast && lib.hasPrefix "/" cfg.storage.bulk;
+        assertion = lib.all (tier: lib.hasPrefix "/" cfg.storage.${tier}) definedTiers;
         message = "bcm.storage.fast and bcm.storage.bulk must be absolute mount points (set them in the host's storage.nix).";
       }
     ]
