@@ -162,3 +162,10 @@ def test_path_format_parse_round_trip(steps, hardened):
 def test_segwit_address_round_trip(program):
     address = bech32.encode_segwit_address("bc", 0, program)
     assert bech32.decode_segwit_address("bc", address) == (0, program)
+
+
+@given(st.binary(min_size=16, max_size=64), st.integers(0, HARDENED - 1), st.integers(0, HARDENED - 1))
+def test_public_derivation_equals_private_derivation(seed, account, index):
+    """CKDpub(N(k), i) == N(CKDpriv(k, i)) for unhardened i: what a watch-only wallet relies on."""
+    parent = derive_child(master_node(seed), HARDENED | account)
+    assert derive_child(parent.neuter(), index) == derive_child(parent, index).neuter()
