@@ -23,6 +23,10 @@ let
   runtimeProperties = "/run/kafka/server.properties";
   jaasFile = "${secretsDir}/kafka-jaas.properties";
   clusterIdFile = "${cfg.dataDir}/cluster-id";
+  # retentionBytes budgets the whole broker (the spec plans disk with it); Kafka's own limit
+  # applies to each partition, so the budget is shared among the declared partitions.
+  declaredPartitions = lib.foldl' (sum: topic: sum + topic.partitions) 0 (lib.attrValues cfg.topics);
+  retentionPerPartition = if cfg.retentionBytes == null then null else cfg.retentionBytes / lib.max 1 declaredPartitions;
   logDir = "${cfg.dataDir}/logs";
 
   prepare = pkgs.writeShellScript "kafka-prepare" ''
@@ -159,7 +163,11 @@ in
       type = lib.types.nullOr lib.types.ints.unsigned;
       default = null;
       example = 21474836480;
-      description = "`log.retention.bytes`: most bytes kept per partition before old segments are deleted (from the spec); null keeps Kafka's default (no size limit).";
+      description = ''
+        Most bytes the broker keeps across all declared topics (the spec's `retention_gb`), shared
+        evenly among their partitions as `log.retention.bytes`; old segments are deleted past it.
+        A topic's own `retention.bytes` overrides its share. null keeps Kafka's default (no limit).
+      '';
     };
 
     topics = lib.mkOption {
@@ -263,7 +271,7 @@ in
         "sasl.mechanism.inter.broker.protocol" = "PLAIN";
         "sasl.mechanism.controller.protocol" = "PLAIN";
         "log.dirs" = logDir;
-        "log.retention.bytes" = cfg.retentionBytes;
+        "log.retention.bytes" = retentionPerPartition;
         "num.partitions" = lib.mkDefault 1;
         "offsets.topic.replication.factor" = 1;
         "transaction.state.log.replication.factor" = 1;

@@ -33,9 +33,15 @@ lib.optionals cfg.enable (
     ) "JAAS in store or not included")
   ]
   ++ lib.optionals (cfg.retentionBytes != null) [
-    (check "kafka: log.retention.bytes=${toString cfg.retentionBytes} from the spec" (
-      h.hasLine conf "log.retention.bytes=${toString cfg.retentionBytes}"
-    ) "retention line missing")
+    (
+      let
+        partitions = lib.foldl' (sum: t: sum + t.partitions) 0 (lib.attrValues cfg.topics);
+        share = cfg.retentionBytes / lib.max 1 partitions;
+      in
+      check "kafka: retention budget ${toString cfg.retentionBytes} B shared by ${toString partitions} partitions" (
+        h.hasLine conf "log.retention.bytes=${toString share}" && share * lib.max 1 partitions <= cfg.retentionBytes
+      ) "log.retention.bytes is not the budget's per-partition share"
+    )
   ]
   ++ lib.optionals (cfg.topics != { }) [
     (check "kafka: topics declared in Nix are created (${lib.concatStringsSep ", " (lib.attrNames cfg.topics)})" (
