@@ -305,8 +305,9 @@ class Services(_Strict):
         return [name for name in type(self).model_fields if getattr(self, name) is not None]
 
 
-# Defaults here only for detecting clashes; the NixOS modules own the real defaults.
-DEFAULT_PORTS: dict[tuple[str, str], int] = {
+# The modules' default ports, mirrored here only to detect clashes before deploying; the NixOS
+# modules own the real defaults. bitcoind and monerod move with the network.
+_MAINNET_PORTS: dict[tuple[str, str], int] = {
     ("bitcoind", "port"): 8333,
     ("bitcoind", "rpc_port"): 8332,
     ("fulcrum", "port"): 50001,
@@ -320,6 +321,16 @@ DEFAULT_PORTS: dict[tuple[str, str], int] = {
     ("tor", "socks_port"): 9050,
     ("kafka", "port"): 9092,
 }
+_NETWORK_PORTS: dict[Network, dict[tuple[str, str], int]] = {
+    Network.mainnet: {},
+    Network.testnet4: {("bitcoind", "port"): 48333, ("bitcoind", "rpc_port"): 48332, ("monerod", "port"): 28080, ("monerod", "rpc_port"): 28081},
+    Network.signet: {("bitcoind", "port"): 38333, ("bitcoind", "rpc_port"): 38332, ("monerod", "port"): 38080, ("monerod", "rpc_port"): 38081},
+    Network.regtest: {("bitcoind", "port"): 18444, ("bitcoind", "rpc_port"): 18443},
+}
+
+
+def default_ports(network: Network) -> dict[tuple[str, str], int]:
+    return {**_MAINNET_PORTS, **_NETWORK_PORTS[network]}
 
 
 class Host(_Strict):
@@ -437,7 +448,7 @@ def _cross_checks(spec: ClusterSpec) -> list[tuple[str, str]]:
         if host.storage.fast.mount_point and host.storage.bulk and host.storage.bulk.mount_point == host.storage.fast.mount_point:
             problems.append((f"{at}.storage.bulk.mount_point", "fast and bulk need different mount points"))
         used: dict[int, str] = {}
-        for (service, field), default in DEFAULT_PORTS.items():
+        for (service, field), default in default_ports(spec.cluster.network).items():
             table = getattr(services, service)
             if table is None:
                 continue

@@ -135,3 +135,16 @@ def test_readme_sizing_table_matches_the_code():
         for item in table[Network.mainnet]:
             row = f"| {item} | " + " | ".join(f"{table[n][item]:g}" for n in Network) + " |"
             assert row in readme, row
+
+
+def test_port_clashes_follow_the_network_defaults():
+    """On regtest bitcoind's RPC defaults to 18443, so LND's REST port may not take it there,
+    while on mainnet the same port is free."""
+    spec = base_spec()
+    spec["hosts"][0]["services"]["lnd"]["rest_port"] = 18443
+    parse_spec(to_toml(spec))
+    spec["cluster"]["network"] = "regtest"
+    spec["hosts"][0]["memory_mb"] = 8192
+    with pytest.raises(SpecError) as raised:
+        parse_spec(to_toml(spec))
+    assert raised.value.problems == [("hosts[0].services.lnd.rest_port", "port 18443 is already used by bitcoind.rpc_port")]
