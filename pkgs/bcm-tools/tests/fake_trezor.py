@@ -1,56 +1,114 @@
-"""A FAKE Trezor session, standing in for a device at trezorlib's session boundary.
+"""A FAKE Trezor, standing in for the device below trezorlib: a trezorlib `Transport`.
 
-No Trezor (and no buildable emulator) is available to the tests, so this object plays the
-firmware's part for the two requests bcm-tools makes, GetPublicKey and CipherKeyValue: it takes
-the real trezorlib message objects, answers with real trezorlib message objects, and raises
-`trezorlib.exceptions.Cancelled` where trezorlib's client raises it after the user presses
-"cancel". Keys come from the `slip10` package (which trezorlib itself depends on), not from
-bcm_tools, so agreement between the two is evidence, not a tautology; the fake's own answers
-are pinned to Trezor's published firmware test vectors in test_devices.py.
+No Trezor (and no buildable emulator) is available to the tests, so this class plays the
+firmware's part on the wire. trezorlib itself runs unchanged above it: protocol detection, the
+protocol-v1 framing and protobuf encoding, session setup with Initialize and the root
+fingerprint, ButtonRequest/ButtonAck, and the conversion of a refusal into `Cancelled`. The fake
+answers the messages bcm-tools leads trezorlib to send (GetFeatures, Initialize, GetPublicKey,
+CipherKeyValue), asking for a button press where a real Trezor would. Keys come from the `slip10`
+package (which trezorlib depends on), not from bcm_tools, so agreement between the two is
+evidence, not a tautology; the fake's answers are also pinned to Trezor's published firmware
+test vectors in test_devices.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
+from collections import deque
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from mnemonic import Mnemonic
 from slip10 import SLIP10
-from trezorlib import exceptions, messages
+from trezorlib import messages
+from trezorlib.mapping import DEFAULT_MAPPING
+from trezorlib.transport import Timeout, Transport
+
+_SESSION_ID = bytes(range(32))
 
 
-class FakeTrezorSession:
-    def __init__(self, mnemonic: str, passphrase: str = "", refuse: bool = False) -> None:
-        self.seed = Mnemonic.to_seed(mnemonic, passphrase)
+class FakeTrezorTransport(Transport):
+    PATH_PREFIX = "fake"
+    CHUNK_SIZE = None  # whole messages, as trezorlib's Bridge transport delivers them
+    ENABLED = True
+
+    def __init__(self, mnemonic: str, *, refuse: bool = False) -> None:
+        self.seed = Mnemonic.to_seed(mnemonic, "")
         self.refuse = refuse
         self.received: list[object] = []
-        self.closed = False
+        self.button_requests = 0
+        self._replies: deque[bytes] = deque()
+        self._waiting_for_button: object | None = None
+        self._open_now = False
 
-    def __enter__(self) -> "FakeTrezorSession":
-        return self
+    # --- Transport -------------------------------------------------------------------------
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def get_path(self) -> str:
+        return "fake:trezor"
 
-    def close(self) -> None:
-        self.closed = True
+    def is_open(self) -> bool:
+        return self._open_now
 
-    def get_root_fingerprint(self) -> bytes:
-        # trezorlib asks for m/0h and reads its parent fingerprint.
-        reply = self.call(messages.GetPublicKey(address_n=[0x80000000], ecdsa_curve_name="secp256k1"))
-        return reply.node.fingerprint.to_bytes(4, "big")
+    def _open(self) -> None:
+        self._open_now = True
 
-    def call(self, msg: object, *, expect: type = object, timeout: float | None = None) -> object:
-        self.received.append(msg)
+    def _close(self) -> None:
+        self._open_now = False
+
+    def write_chunk(self, chunk: bytes, /) -> None:
+        msg_type, length = struct.unpack(">HL", chunk[:6])
+        message = DEFAULT_MAPPING.decode(msg_type, chunk[6 : 6 + length])
+        self.received.append(message)
+        self._reply(self._handle(message))
+
+    def read_chunk(self, *, timeout: float | None = None) -> bytes:
+        if not self._replies:
+            raise Timeout("nothing to read")
+        return self._replies.popleft()
+
+    # --- firmware --------------------------------------------------------------------------
+
+    def _reply(self, message: object) -> None:
+        msg_type, data = DEFAULT_MAPPING.encode(message)
+        self._replies.append(struct.pack(">HL", msg_type, len(data)) + data)
+
+    def _handle(self, msg: object) -> object:
+        if isinstance(msg, messages.Cancel):
+            return messages.Failure(code=messages.FailureType.ActionCancelled, message="Cancelled")
+        if isinstance(msg, (messages.Initialize, messages.GetFeatures)):
+            return self._features()
         if isinstance(msg, messages.GetPublicKey):
-            reply = self._public_key(msg)
-        elif isinstance(msg, messages.CipherKeyValue):
-            reply = self._cipher_key_value(msg)
-        else:
-            raise exceptions.TrezorFailure(messages.Failure(code=messages.FailureType.UnexpectedMessage))
-        assert isinstance(reply, expect)
-        return reply
+            return self._public_key(msg)
+        if isinstance(msg, messages.CipherKeyValue):
+            asks = msg.ask_on_encrypt if msg.encrypt else msg.ask_on_decrypt
+            if asks:
+                self._waiting_for_button = msg
+                self.button_requests += 1
+                return messages.ButtonRequest(code=messages.ButtonRequestType.Other)
+            return self._cipher_key_value(msg)
+        if isinstance(msg, messages.ButtonAck) and self._waiting_for_button is not None:
+            pending, self._waiting_for_button = self._waiting_for_button, None
+            if self.refuse:
+                return messages.Failure(code=messages.FailureType.ActionCancelled, message="Cancelled")
+            return self._cipher_key_value(pending)  # type: ignore[arg-type]
+        return messages.Failure(code=messages.FailureType.UnexpectedMessage, message="Unexpected message")
+
+    def _features(self) -> messages.Features:
+        return messages.Features(
+            vendor="trezor.io",
+            major_version=2,
+            minor_version=9,
+            patch_version=0,
+            model="T",
+            internal_model="T2T1",
+            device_id="FAKE",
+            initialized=True,
+            unlocked=True,
+            passphrase_protection=False,
+            session_id=_SESSION_ID,
+            capabilities=[messages.Capability.Bitcoin, messages.Capability.Crypto],
+        )
 
     def _wallet(self, curve: str) -> SLIP10:
         # slip10 calls NIST P-256 by its SEC name.
@@ -61,27 +119,24 @@ class FakeTrezorSession:
         path = list(msg.address_n)
         wallet = self._wallet(curve)
         chain_code, public_key = wallet.get_extended_pubkey_from_path(path)
-        parent_fp = 0
+        parent_fingerprint = 0
         if path:
-            parent_pub = wallet.get_pubkey_from_path(path[:-1])
-            parent_fp = int.from_bytes(
-                hashlib.new("ripemd160", hashlib.sha256(parent_pub).digest()).digest()[:4], "big"
+            parent = wallet.get_pubkey_from_path(path[:-1])
+            parent_fingerprint = int.from_bytes(
+                hashlib.new("ripemd160", hashlib.sha256(parent).digest()).digest()[:4], "big"
             )
         node = messages.HDNodeType(
             depth=len(path),
-            fingerprint=parent_fp,
+            fingerprint=parent_fingerprint,
             child_num=path[-1] if path else 0,
             chain_code=chain_code,
             public_key=public_key,
         )
         return messages.PublicKey(node=node, xpub="(not used by bcm-tools)")
 
-    def _cipher_key_value(self, msg: messages.CipherKeyValue) -> messages.CipheredKeyValue:
+    def _cipher_key_value(self, msg: messages.CipherKeyValue) -> object:
         if len(msg.value) % 16:
-            raise exceptions.TrezorFailure(messages.Failure(code=messages.FailureType.DataError))
-        asks = msg.ask_on_encrypt if msg.encrypt else msg.ask_on_decrypt
-        if asks and self.refuse:
-            raise exceptions.Cancelled
+            return messages.Failure(code=messages.FailureType.DataError, message="Value length must be a multiple of 16")
         private_key = self._wallet("secp256k1").get_privkey_from_path(list(msg.address_n))
         data = msg.key.encode() + (b"E1" if msg.ask_on_encrypt else b"E0") + (b"D1" if msg.ask_on_decrypt else b"D0")
         secret = hmac.digest(private_key, data, "sha512")

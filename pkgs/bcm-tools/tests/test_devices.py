@@ -25,7 +25,7 @@ from bcm_tools.keys.operator import (
     ssh_public_key,
 )
 from bcm_tools.keys.slip13 import identity_path
-from fake_trezor import FakeTrezorSession
+from fake_trezor import FakeTrezorTransport
 
 VECTORS = Path(__file__).parent / "vectors"
 SLIP11 = json.loads((VECTORS / "slip11.json").read_text())
@@ -35,9 +35,10 @@ BIP86 = json.loads((VECTORS / "bip86.json").read_text())
 ABANDON = BIP84["mnemonic"]
 
 
-def trezor(mnemonic: str, **kwargs) -> tuple[TrezorDevice, FakeTrezorSession]:
-    session = FakeTrezorSession(mnemonic, **kwargs)
-    return TrezorDevice(connect=lambda: session), session
+def trezor(mnemonic: str, **kwargs) -> tuple[TrezorDevice, FakeTrezorTransport]:
+    """A TrezorDevice running real trezorlib over the fake device transport."""
+    transport = FakeTrezorTransport(mnemonic, **kwargs)
+    return TrezorDevice(transport=transport), transport
 
 
 def devices(mnemonic: str):
@@ -84,7 +85,8 @@ def test_trezor_and_software_device_agree_on_every_operator_key():
     request = [m for m in session.received if isinstance(m, messages.CipherKeyValue)][-1]
     assert list(request.address_n) == OPERATOR_AGE_PATH and request.key == OPERATOR_AGE_KEY_NAME
     assert request.encrypt and request.ask_on_encrypt and request.ask_on_decrypt and len(request.value) == 32
-    ssh_request = [m for m in session.received if isinstance(m, messages.GetPublicKey)][0]
+    assert session.button_requests == 1  # the operator key costs one button press
+    ssh_request = [m for m in session.received if isinstance(m, messages.GetPublicKey) and m.address_n[0] == 0x8000000D][0]
     assert ssh_request.ecdsa_curve_name == "ed25519"
     assert list(ssh_request.address_n) == identity_path("ssh://operator@btc1")
 
@@ -127,11 +129,28 @@ def test_refusal_on_the_trezor_is_a_credential_error():
         operator_age_identity(device)
 
 
-def test_device_session_is_closed():
-    device, session = trezor(ABANDON)
+def test_refusal_through_the_cli_is_one_line(capsys, monkeypatch, tmp_path):
+    """The same refusal as a user sees it: converted once, in main(), nothing written."""
+    import sys
+
+    import bcm_tools.cli.trezor as cli_trezor
+    from bcm_tools.cli import main
+
+    device, _ = trezor(ABANDON, refuse=True)
+    monkeypatch.setattr(cli_trezor, "open_device", lambda spec: device)
+    monkeypatch.setattr(sys, "argv", ["bcm-tools", "secrets", "init", "--repo", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == CredentialError.exit_code
+    assert capsys.readouterr().err.strip().splitlines() == ["Confirm on your Trezor.", "error: the request was refused on the Trezor"]
+    assert not (tmp_path / "secrets").exists()
+
+
+def test_transport_is_released_after_use():
+    device, transport = trezor(ABANDON)
     with device:
         device.master_fingerprint()
-    assert session.closed
+    assert not transport.is_open()
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from bcm_tools.devices.trezor import TrezorDevice
 from bcm_tools.errors import DaemonError, UsageError
 from bcm_tools.keys.descriptors import verify_checksum
 from bcm_tools.watch_only import import_watch_only
-from fake_trezor import FakeTrezorSession
+from fake_trezor import FakeTrezorTransport
 
 VECTORS = Path(__file__).parent / "vectors"
 BIP84 = json.loads((VECTORS / "bip84.json").read_text())
@@ -219,12 +219,12 @@ def test_bitcoind_not_running(run_cli, words):
 
 def test_trezor_device_through_the_same_import(bitcoind):
     """The Trezor path: account xpubs come from GetPublicKey requests on the (fake) session."""
-    session = FakeTrezorSession(ABANDON)
-    device = TrezorDevice(connect=lambda: session)
+    transport = FakeTrezorTransport(ABANDON)
+    device = TrezorDevice(transport=transport)
     node = Bitcoind(RpcEndpoint.from_url(bitcoind.url, "alice", "s3cret"))
     with device:
         result = import_watch_only(device, node, network="mainnet", account=0, wallet="w", birthday_height=5)
     assert [a.first_address for a in result.accounts] == [BIP84["addresses"][0]["address"], BIP86["addresses"][0]["address"]]
-    paths = [list(m.address_n) for m in session.received]
+    paths = [list(m.address_n) for m in transport.received if hasattr(m, "address_n")]
     assert [0x80000054, 0x80000000, 0x80000000] in paths and [0x80000056, 0x80000000, 0x80000000] in paths
-    assert session.closed
+    assert not transport.is_open()

@@ -16,11 +16,8 @@ from bcm_tools.devices.base import KeyDevice
 from bcm_tools.errors import CredentialError
 from bcm_tools.keys.bip32 import Curve, Node
 
-# A trezorlib Session: anything with `call(message, expect=...)` usable as a context manager.
-SessionFactory = Callable[[], Any]
-
-
-def _connect_default() -> Any:
+def _connect(transport: Any = None) -> Any:
+    """A trezorlib session on the first Trezor found (or on `transport`, a trezorlib Transport)."""
     from trezorlib.client import PassphraseSetting, get_default_client
 
     def on_button(_request: Any) -> None:
@@ -34,7 +31,7 @@ def _connect_default() -> Any:
 
     # trezorlib logs each transport it cannot enumerate; the one-line error below says it all.
     logging.getLogger("trezorlib.transport").setLevel(logging.CRITICAL)
-    client = get_default_client("bcm-tools", button_callback=on_button, pin_callback=on_pin)
+    client = get_default_client("bcm-tools", transport, button_callback=on_button, pin_callback=on_pin)
     # AUTO: if passphrases are on and the device has a keyboard, it is typed on the device,
     # so it never touches this machine.
     return client.get_session(passphrase=PassphraseSetting.AUTO)
@@ -44,13 +41,14 @@ class TrezorDevice(KeyDevice):
     insecure = False
     label = "Trezor"
 
-    def __init__(self, connect: SessionFactory = _connect_default) -> None:
-        self._connect = connect
+    def __init__(self, transport: Any = None) -> None:
+        # `transport` is for tests (a trezorlib Transport); by default trezorlib finds the device.
+        self._transport = transport
         self._session: Any = None
 
     def open(self) -> None:
         if self._session is None:
-            self._session = self._guard(self._connect)
+            self._session = self._guard(lambda: _connect(self._transport))
 
     def close(self) -> None:
         session, self._session = self._session, None
