@@ -185,7 +185,10 @@ def write_private(path: Path, data: bytes) -> None:
 
 def _run_editor(path: Path) -> None:
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    result = subprocess.run([*editor.split(), str(path)], check=False)
+    try:
+        result = subprocess.run([*editor.split(), str(path)], check=False)
+    except OSError as err:
+        raise SecretError(f"cannot start editor {editor!r}: {err.strerror}; secret left unchanged") from None
     if result.returncode != 0:
         raise SecretError(f"editor {editor!r} exited with status {result.returncode}; secret left unchanged")
 
@@ -199,7 +202,10 @@ def _shown(repo: SecretsRepo, path: Path) -> str:
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write beside the target, fsync, then rename over it: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise SecretError(f"cannot write {path}: {err.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

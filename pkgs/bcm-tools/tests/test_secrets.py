@@ -204,3 +204,21 @@ def test_example_secret_in_the_repository_decrypts_with_the_committed_test_host_
     assert host_side.stdout.startswith(b"# bcm example secret")
     operator_side = decrypt_secret(SecretsRepo(root), "example", MnemonicDevice(ABANDON))
     assert operator_side == host_side.stdout
+
+
+def test_unwritable_output_and_missing_editor_are_one_line(repo, run_cli):
+    run_cli("secrets", "encrypt", "s", "--repo", str(repo), input="x")
+    before = snapshot(repo)
+    result = run_cli("secrets", "decrypt", "s", "--repo", str(repo), "--device", device(repo),
+                     "--output", str(repo.parent / "no-such-dir" / "out"))
+    assert result.returncode == SecretError.exit_code and "cannot write" in result.stderr
+    env = os.environ.copy()
+    os.environ["EDITOR"] = "/nonexistent/editor"
+    try:
+        result = run_cli("secrets", "edit", "s", "--repo", str(repo), "--device", device(repo))
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    assert result.returncode == SecretError.exit_code and "cannot start editor" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(repo) == before

@@ -37,7 +37,7 @@ def init(repo: Path, device_spec: str) -> None:
 
 @secrets.command()
 @click.argument("name")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True, help="Plaintext to encrypt ('-' for standard input).")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, allow_dash=True), default="-", show_default=True, help="Plaintext to encrypt ('-' for standard input).")
 @repo_option
 def encrypt(name: str, input_path: str, repo: Path) -> None:
     """Encrypt plaintext into secrets/NAME.age (no device needed: only public keys are used)."""
