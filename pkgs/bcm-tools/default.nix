@@ -40,6 +40,7 @@ python3Packages.buildPythonApplication {
     click
     pydantic
     jinja2
+    tomlkit
     trezor
     mnemonic
     cryptography

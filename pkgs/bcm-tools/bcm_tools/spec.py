@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bcm_tools.errors import SpecError
+from bcm_tools.errors import GenerateError, SpecError
 
 SPEC_VERSION = 1
 
@@ -492,3 +492,34 @@ def load_spec(path: Path) -> ClusterSpec:
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError([("", f"{path}: cannot read: {err}")]) from None
     return parse_spec(text, source=str(path))
+
+
+def add_operator_key(path: Path, key: str) -> ClusterSpec:
+    """Adds `key` to the spec's `operator.ssh_authorized_keys`, keeping the file's comments and
+    layout, and returns the updated spec. The file is replaced atomically and only if the result
+    validates; a key already present changes nothing."""
+    import os
+    import tempfile
+
+    import tomlkit
+
+    spec = load_spec(path)
+    key = check_ssh_public_key(key)
+    if key in spec.operator.ssh_authorized_keys:
+        return spec
+    document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    document["operator"]["ssh_authorized_keys"].append(key)
+    text = tomlkit.dumps(document)
+    updated = parse_spec(text, str(path))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise GenerateError(f"{path}: cannot write: {err.strerror}") from None
+    return updated

@@ -251,3 +251,44 @@ def test_default_output_directory_is_hosts(run_cli, spec_file, tmp_path):
     result = run_cli("gen-host", "--spec", str(spec_file), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "hosts" / "btc1" / "default.nix").is_file()
+
+
+MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about\n"
+
+
+def test_operator_key_from_a_device_goes_into_spec_and_hosts(run_cli, tmp_path):
+    """The software (mnemonic) device stands in for a Trezor here; both derive the same key."""
+    from bcm_tools.devices.mnemonic import MnemonicDevice  # noqa: F401  (the device the CLI opens)
+    from bcm_tools.keys.operator import ssh_public_key_for
+
+    mnemonic = tmp_path / "words.txt"
+    mnemonic.write_text(MNEMONIC)
+    spec_file = tmp_path / "cluster.toml"
+    spec_file.write_text("# my cluster, hand-written\n" + to_toml(base_spec()))
+    out = tmp_path / "hosts"
+    expected = ssh_public_key_for(f"mnemonic:{mnemonic}", "operator@home")
+
+    for _ in range(2):  # a second run adds nothing
+        result = run_cli("gen-host", "--spec", str(spec_file), "--out", str(out), "--operator-key-from", f"mnemonic:{mnemonic}")
+        assert result.returncode == 0, result.stderr
+        assert "INSECURE" in result.stderr
+    text = spec_file.read_text()
+    assert text.startswith("# my cluster, hand-written\n")
+    assert text.count(expected.split()[1]) == 1
+    keys = nix_eval(out / "btc1" / "default.nix")["bcm"]["operator"]["sshAuthorizedKeys"]
+    assert keys == [base_spec()["operator"]["ssh_authorized_keys"][0], expected]
+    assert run_cli("gen-host", "--spec", str(spec_file), "--out", str(out), "--check").returncode == 0
+
+
+def test_operator_key_with_a_bad_identity_changes_nothing(run_cli, tmp_path):
+    mnemonic = tmp_path / "words.txt"
+    mnemonic.write_text(MNEMONIC)
+    spec_file = tmp_path / "cluster.toml"
+    spec_file.write_text(to_toml(base_spec()))
+    before = spec_file.read_text()
+    result = run_cli(
+        "gen-host", "--spec", str(spec_file), "--out", str(tmp_path / "hosts"),
+        "--operator-key-from", f"mnemonic:{mnemonic}", "--identity", "two words@host",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert spec_file.read_text() == before and not (tmp_path / "hosts").exists()

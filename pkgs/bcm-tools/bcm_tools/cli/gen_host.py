@@ -7,7 +7,20 @@ from pathlib import Path
 import click
 
 from bcm_tools import gen_host as generator
-from bcm_tools.spec import load_spec
+from bcm_tools.errors import UsageError
+from bcm_tools.spec import add_operator_key, load_spec
+
+
+def operator_ssh_key(device_spec: str, identity: str, curve: str) -> str:
+    # Imported here: the device libraries are only loaded when a device is asked for.
+    from bcm_tools.cli.trezor import open_announced
+    from bcm_tools.keys.operator import ssh_public_key
+
+    with open_announced(device_spec) as device:
+        try:
+            return ssh_public_key(device, identity, curve)
+        except ValueError as err:
+            raise UsageError(f"--identity {identity}: {err}") from None
 
 
 @click.command("gen-host")
@@ -16,13 +29,37 @@ from bcm_tools.spec import load_spec
 @click.option("--out", "out", default=Path("hosts"), show_default=True, type=click.Path(path_type=Path, file_okay=False), help="Directory holding one folder per host.")
 @click.option("--force", is_flag=True, help="Overwrite generated files even where they were edited by hand.")
 @click.option("--check", "check_only", is_flag=True, help="Write nothing; exit 1 if the files on disk differ from the spec.")
-def gen_host(spec_path: Path, hosts: tuple[str, ...], out: Path, force: bool, check_only: bool) -> None:
+@click.option(
+    "--operator-key-from",
+    "key_device",
+    metavar="DEVICE",
+    help="Add the operator's SSH key from this device (trezor | mnemonic:PATH) to the spec and the hosts.",
+)
+@click.option("--identity", metavar="USER@HOST", help="trezor-agent identity of that key. Default: <operator>@<cluster>.")
+@click.option("--curve", type=click.Choice(["ed25519", "nist256p1"]), default="ed25519", show_default=True)
+def gen_host(
+    spec_path: Path,
+    hosts: tuple[str, ...],
+    out: Path,
+    force: bool,
+    check_only: bool,
+    key_device: str | None,
+    identity: str | None,
+    curve: str,
+) -> None:
     """Write NixOS host configurations from the cluster spec.
 
     For each host: DIR/<host>/default.nix, storage.nix and, where none exists, a placeholder
     hardware-configuration.nix.
     """
     cluster_spec = load_spec(spec_path)
+    if key_device is not None:
+        if check_only:
+            raise UsageError("--operator-key-from changes the spec; it cannot be combined with --check")
+        identity = identity or f"{cluster_spec.operator.user}@{cluster_spec.cluster.name}"
+        key = operator_ssh_key(key_device, identity, curve)
+        cluster_spec = add_operator_key(spec_path, key)
+        click.echo(f"operator key for {identity} is in {spec_path}: {key}")
     plans = generator.plan_files(cluster_spec, out, list(hosts))
     if check_only:
         generator.check(plans)
