@@ -30,14 +30,10 @@ def trezor() -> None:
 @device_option
 def ssh_pubkey(identity: str, curve: str, device_spec: str) -> None:
     """Print the OpenSSH public key trezor-agent uses for IDENTITY (SLIP-0013)."""
-    from bcm_tools.errors import UsageError
     from bcm_tools.keys.operator import ssh_public_key
 
     with open_announced(device_spec) as device:
-        try:
-            line = ssh_public_key(device, identity, curve)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        line = ssh_public_key(device, identity, curve)
     click.echo(line)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from types import TracebackType
 
+from bcm_tools.errors import UsageError
 from bcm_tools.keys.bip32 import Curve, Node
 
 
@@ -67,8 +68,6 @@ class KeyDevice(ABC):
 
 def open_device(spec: str) -> KeyDevice:
     """Parse a `--device` value: `trezor` or `mnemonic:PATH`. Raises UsageError otherwise."""
-    from bcm_tools.errors import UsageError
-
     if spec == "trezor":
         from bcm_tools.devices.trezor import TrezorDevice
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from bcm_tools.devices.base import KeyDevice, open_device
+from bcm_tools.errors import UsageError
 from bcm_tools.keys import bech32
 from bcm_tools.keys.bip32 import HARDENED, Curve
 from bcm_tools.keys.descriptors import AccountKey, ScriptKind, account_path
@@ -32,12 +33,15 @@ OPERATOR_AGE_VALUE = hashlib.sha256(b"bcm operator age identity v1").digest()
 def ssh_public_key(device: KeyDevice, identity: str, curve: str = "ed25519") -> str:
     """The `authorized_keys` line trezor-agent would offer for `identity` (`USER@HOST`).
 
-    Raises ValueError for a malformed identity or curve, CredentialError if the device fails.
+    Raises UsageError for a malformed identity or curve, CredentialError if the device fails.
     """
+    if curve not in (Curve.ED25519.value, Curve.NIST256P1.value):
+        raise UsageError(f"SSH keys are ed25519 or nist256p1, not {curve!r}")
     curve_enum = Curve(curve)
-    if curve_enum not in (Curve.ED25519, Curve.NIST256P1):
-        raise ValueError(f"SSH keys are ed25519 or nist256p1, not {curve}")
-    uri = ssh_identity_uri(identity)
+    try:
+        uri = ssh_identity_uri(identity)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     public_key = device.public_key(identity_path(uri, 0), curve_enum)
     return openssh_public_key(curve_enum, public_key, ssh_key_comment(uri, curve_enum))
 
