@@ -62,7 +62,8 @@ in
     };
 
     recipients = lib.mkOption {
-      type = lib.types.listOf lib.types.str;
+      # One line each: `lib.fileContents`, not `builtins.readFile`, for a recipient kept in a file.
+      type = lib.types.listOf (lib.types.strMatching "[^\n]+");
       default = [ ];
       example = [ "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq" ];
       description = ''
