@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -125,7 +124,8 @@ class Watch:
         try:
             return wait_for(f"{target} to hold {len(chan_points)} channels", found, timeout=timeout)
         except TimeoutError:
-            raise AssertionError(f"{target} never got {chan_points}; watcher log:\n{self.log.read_text()[-3000:]}")
+            log = self.log.read_text()[-3000:]
+            raise AssertionError(f"{target} never got {chan_points}; watcher log:\n{log}") from None
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -171,7 +171,7 @@ def test_every_open_and_close_lands_encrypted_and_verified_in_every_target(
             else:
                 network.close_channel(alice, opened[which])
             expected = alice.channel_points()
-            for label, spec in zip(labels, targets):
+            for label, spec in zip(labels, targets, strict=True):
                 watch.wait_durable(label, expected, since=mark)
                 check_latest(spec, sshd, keys, alice, expected)
         # --keep 3: older versions are pruned, newest kept, names carry their time.
