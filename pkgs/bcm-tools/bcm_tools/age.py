@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from bcm_tools.errors import BackupError, CredentialError, UsageError
@@ -80,3 +82,26 @@ def recipient_of(identity: str | os.PathLike[str]) -> str:
     if run.returncode != 0:
         raise CredentialError(f"cannot read age identity {identity}: {_stderr_line(run.stderr)}")
     return run.stdout.decode().strip().splitlines()[0]
+
+
+@contextmanager
+def identity_in_memory(identity: str) -> Iterator[str]:
+    """A path `age -i` can read `identity` from, without the key touching a disk.
+
+    On Linux an anonymous in-memory file (memfd) that age opens through /proc; elsewhere a 0600
+    file in a private temporary directory, removed at once afterwards.
+    """
+    data = (identity.strip() + "\n").encode()
+    if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        fd = os.memfd_create("bcm-age-identity", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            yield f"/proc/{os.getpid()}/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="bcm-age-") as directory:
+        path = Path(directory) / "identity"
+        path.touch(mode=0o600)
+        path.write_bytes(data)
+        yield str(path)

@@ -28,13 +28,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bcm_tools import age
-from bcm_tools.errors import BackupError, BcmError, TargetError, UsageError
+from bcm_tools.errors import BackupError, BcmError, CredentialError, TargetError, UsageError
 from bcm_tools.lnd import Endpoint, Lnd, MultiBackup
+
+if TYPE_CHECKING:
+    from bcm_tools.devices.base import KeyDevice
 
 log = logging.getLogger("bcm_tools.backup")
 
@@ -253,31 +257,55 @@ class BackupCheck(BaseModel):
     chan_points: list[str]
 
 
-def open_backup(path: Path, identities: Sequence[str | os.PathLike[str]]) -> bytes:
-    """Reads and decrypts a backup file; the plaintext is LND's packed multi backup."""
+def open_backup(
+    path: Path, identities: Sequence[str | os.PathLike[str]], device: KeyDevice | None = None
+) -> bytes:
+    """Reads and decrypts a backup file with identity files or the operator's key on `device`.
+
+    The plaintext is LND's packed multi backup."""
+    if not identities and device is None:
+        raise UsageError("name an age identity (-i FILE) or the operator's device (--device) to decrypt with")
     try:
         data = path.read_bytes()
     except OSError as err:
         raise BackupError(f"cannot read {path}: {err.strerror}") from None
     if not data:
         raise BackupError(f"{path} is empty")
-    plain = age.decrypt(data, identities, source=str(path))
+    if device is None:
+        plain = age.decrypt(data, identities, source=str(path))
+    else:
+        # Imported here: the long-running watcher never needs the device code.
+        from bcm_tools.keys.operator import operator_age_identity
+
+        with age.identity_in_memory(operator_age_identity(device)) as operator:
+            try:
+                plain = age.decrypt(data, [*identities, operator], source=str(path))
+            except CredentialError as err:
+                if "not encrypted to" not in str(err):
+                    raise
+                raise CredentialError(
+                    f"{path} is not encrypted to the operator key of {device.label} (wrong key?)"
+                ) from None
     if not plain:
         raise BackupError(f"{path} decrypts to nothing: not a channel backup")
     return plain
 
 
-def verify_file(path: Path, identities: Sequence[str | os.PathLike[str]], endpoint: Endpoint) -> BackupCheck:
-    plain = open_backup(path, identities)
+def verify_file(
+    path: Path, identities: Sequence[str | os.PathLike[str]], endpoint: Endpoint, device: KeyDevice | None = None
+) -> BackupCheck:
+    plain = open_backup(path, identities, device)
     with Lnd(endpoint) as lnd:
         node = lnd.get_info().pubkey
         chan_points = lnd.verify_multi(plain)
     return BackupCheck(file=str(path), node=node, chan_points=chan_points)
 
 
-def restore_file(path: Path, identities: Sequence[str | os.PathLike[str]], endpoint: Endpoint) -> BackupCheck:
+def restore_file(
+    path: Path, identities: Sequence[str | os.PathLike[str]], endpoint: Endpoint, device: KeyDevice | None = None
+) -> BackupCheck:
     """Verifies, then hands the backup to LND's recovery (the wallet must be restored from seed)."""
-    plain = open_backup(path, identities)
+    plain = open_backup(path, identities, device)
     with Lnd(endpoint) as lnd:
         node = lnd.get_info().pubkey
         chan_points = lnd.verify_multi(plain)

@@ -348,6 +348,33 @@ def test_backup_of_another_node_is_refused_and_nothing_restored(command, bob, ke
     assert bob.cli("pendingchannels") == before
 
 
+def test_verify_with_the_operator_key_derived_on_a_device(alice, tmp_path):
+    """The operator's Trezor-derived age key, here from the insecure mnemonic stand-in device."""
+    from bcm_tools.devices.mnemonic import MnemonicDevice
+    from bcm_tools.keys.operator import operator_age_recipient
+
+    words = tmp_path / "operator.mnemonic"
+    words.write_text("abandon " * 11 + "about\n")
+    other = tmp_path / "other.mnemonic"
+    other.write_text("zoo " * 11 + "wrong\n")
+    with MnemonicDevice.from_file(words) as device:
+        recipient = operator_age_recipient(device)
+    with Lnd(alice.endpoint()) as lnd:
+        packed = lnd.export_all_channel_backups().packed
+    backup = tmp_path / "channel-backup.age"
+    backup.write_bytes(age.encrypt(packed, [recipient]))
+
+    run = run_cli("backup", "verify", str(backup), "--device", f"mnemonic:{words}", *lnd_args(alice))
+    assert run.returncode == 0, run.stderr
+    assert f"for node {alice.pubkey()}" in run.stdout
+
+    run = run_cli("backup", "verify", str(backup), "--device", f"mnemonic:{other}", *lnd_args(alice))
+    assert run.returncode == 4
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {backup} is not encrypted to the operator key of {MnemonicDevice.from_file(other).label} (wrong key?)"]
+    assert "Traceback" not in run.stderr
+
+
 def test_dead_lnd_is_one_clear_line(alice, keys, alice_backup, tmp_path):
     args = ["--lnd-rpc", "127.0.0.1:9", "--lnd-tls-cert", str(alice.tls_cert), "--lnd-macaroon", str(alice.admin_macaroon)]
     run = run_cli("backup", "verify", str(alice_backup), "-i", str(keys["operator"]), *args)

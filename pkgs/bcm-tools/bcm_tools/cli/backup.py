@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bcm_tools import backup as backups
 from bcm_tools.lnd import Endpoint
+
+if TYPE_CHECKING:
+    from bcm_tools.devices.base import KeyDevice
 
 
 def _lnd_options(f):  # type: ignore[no-untyped-def]
@@ -36,15 +42,35 @@ def _endpoint(rpc: str, tls_cert: Path, macaroon: Path) -> Endpoint:
     return Endpoint(rpc=rpc, tls_cert=tls_cert, macaroon=macaroon)
 
 
-_identity = click.option(
-    "-i",
-    "--identity",
-    "identities",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="age identity file to decrypt with (repeatable).",
-)
+def _decrypt_options(f):  # type: ignore[no-untyped-def]
+    f = click.option(
+        "--device",
+        "device_spec",
+        envvar="BCM_DEVICE",
+        default=None,
+        help="Decrypt with the operator's key derived on this device: `trezor` or `mnemonic:PATH`.",
+    )(f)
+    f = click.option(
+        "-i",
+        "--identity",
+        "identities",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="age identity file to decrypt with (repeatable).",
+    )(f)
+    return f
+
+
+@contextmanager
+def _device(device_spec: str | None) -> Iterator[KeyDevice | None]:
+    if device_spec is None:
+        yield None
+        return
+    # The device code is only loaded when a device is asked for.
+    from bcm_tools.cli.trezor import open_announced
+
+    with open_announced(device_spec) as device:
+        yield device
 
 
 @click.group()
@@ -91,11 +117,13 @@ def watch(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, recipients: tupl
 
 @backup.command()
 @_lnd_options
-@_identity
+@_decrypt_options
 @click.argument("file", type=click.Path(path_type=Path))
-def verify(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, identities: tuple[Path, ...], file: Path) -> None:
+def verify(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, identities: tuple[Path, ...],
+           device_spec: str | None, file: Path) -> None:
     """Decrypt FILE and have the running LND verify it."""
-    check = backups.verify_file(file, identities, _endpoint(lnd_rpc, lnd_tls_cert, lnd_macaroon))
+    with _device(device_spec) as device:
+        check = backups.verify_file(file, identities, _endpoint(lnd_rpc, lnd_tls_cert, lnd_macaroon), device)
     click.echo(f"{file}: good backup of {len(check.chan_points)} channel(s) for node {check.node}")
     for point in check.chan_points:
         click.echo(f"  {point}")
@@ -103,13 +131,15 @@ def verify(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, identities: tup
 
 @backup.command()
 @_lnd_options
-@_identity
+@_decrypt_options
 @click.argument("file", type=click.Path(path_type=Path))
-def restore(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, identities: tuple[Path, ...], file: Path) -> None:
+def restore(lnd_rpc: str, lnd_tls_cert: Path, lnd_macaroon: Path, identities: tuple[Path, ...],
+            device_spec: str | None, file: Path) -> None:
     """Hand FILE to LND's channel recovery, after the wallet is restored from its seed.
 
     LND then asks each peer to force-close; the funds return on chain once those close."""
-    check = backups.restore_file(file, identities, _endpoint(lnd_rpc, lnd_tls_cert, lnd_macaroon))
+    with _device(device_spec) as device:
+        check = backups.restore_file(file, identities, _endpoint(lnd_rpc, lnd_tls_cert, lnd_macaroon), device)
     click.echo(f"{file}: recovery started for {len(check.chan_points)} channel(s) on node {check.node}")
     for point in check.chan_points:
         click.echo(f"  {point}")
