@@ -23,7 +23,7 @@ def _lnd_options(f):  # type: ignore[no-untyped-def]
         envvar="BCM_LND_MACAROON",
         type=click.Path(dir_okay=False, path_type=Path),
         required=True,
-        help="Macaroon allowing the backup calls (offchain:read/write, info:read).",
+        help="Macaroon allowing the LND calls this command makes (docs/backups.md).",
     )(f)
     f = click.option(
         "--lnd-tls-cert",
