@@ -344,7 +344,6 @@ class _TargetState:
         self.last_success: float | None = None
         self.channels: int | None = None
         self.failures = 0
-        self.latest_file: str | None = None
         self.behind = False
 
 
@@ -454,6 +453,7 @@ class _TargetWorker(threading.Thread):
         with self.cond:
             # Only the newest backup matters: it covers every open channel.
             self.pending = item
+            self.watcher.metrics.targets[self.target.label].behind = True
             self.cond.notify()
 
     def run(self) -> None:
@@ -467,7 +467,6 @@ class _TargetWorker(threading.Thread):
             if item is None:
                 continue
             state = w.metrics.targets[self.target.label]
-            state.behind = True
             try:
                 self.target.store(item.name, item.data, w.config.keep)
                 durable_at = time.time()
@@ -485,7 +484,7 @@ class _TargetWorker(threading.Thread):
             delay = w.config.retry_initial
             with self.cond:
                 state.behind = self.pending is not None
-            state.last_success, state.channels, state.latest_file = time.time(), len(item.chan_points), item.name
+            state.last_success, state.channels = time.time(), len(item.chan_points)
             w.metrics.write()
             w.journal.record(
                 event="durable",
