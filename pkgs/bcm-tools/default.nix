@@ -18,6 +18,8 @@ let
         python -m grpc_tools.protoc -I ${lnd.src}/lnrpc --python_out=$out --grpc_python_out=$out \
           lightning.proto walletunlocker.proto stateservice.proto
       '';
+  # Not in nixpkgs (its `bitcoinrpc` is another client); packaged beside bcm-tools.
+  python-bitcoinrpc = python3Packages.callPackage ../python-bitcoinrpc { };
 in
 python3Packages.buildPythonApplication {
   pname = "bcm-tools";
@@ -36,7 +38,7 @@ python3Packages.buildPythonApplication {
 
   build-system = [ python3Packages.setuptools ];
 
-  dependencies = with python3Packages; [
+  dependencies = [ python-bitcoinrpc ] ++ (with python3Packages; [
     click
     pydantic
     jinja2
@@ -44,10 +46,9 @@ python3Packages.buildPythonApplication {
     trezor
     mnemonic
     cryptography
-    python-bitcoinrpc
     grpcio
     protobuf
-  ];
+  ]);
 
   # The CLI shells out to these; put them on its PATH.
   makeWrapperArgs = [
@@ -64,6 +65,7 @@ python3Packages.buildPythonApplication {
     (with python3Packages; [
       pytestCheckHook
       hypothesis
+      tomli-w
       libagent
     ])
     # The secrets tests run the real age CLI and ssh-keygen.

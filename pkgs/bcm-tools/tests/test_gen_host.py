@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,13 +17,14 @@ from specs import base_spec, to_toml, valid_specs
 
 REPO = Path(__file__).parents[3]
 
-pytestmark = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="needs nix-instantiate (Debian nix-bin); scripts/test installs it")
+# These evaluate what gen-host writes with nix-instantiate (Debian's nix-bin; scripts/test installs it).
+pytestmark = pytest.mark.nix
 
 
 def nix_eval(path: Path) -> dict:
     """Evaluates a generated module (a function of `{ ... }`) to JSON, leaving out `imports`,
     whose path values Nix would try to copy into a store."""
-    expr = f"builtins.removeAttrs (import {path} {{ }}) [ \"imports\" ]"
+    expr = f"builtins.removeAttrs (import {path} {{ lib = {{ optional = c: x: if c then [ x ] else [ ]; }}; }}) [ \"imports\" ]"
     out = subprocess.run(
         ["nix-instantiate", "--eval", "--strict", "--json", "--option", "substituters", "", "-E", expr],
         capture_output=True,

@@ -17,10 +17,7 @@ def operator_ssh_key(device_spec: str, identity: str, curve: str) -> str:
     from bcm_tools.keys.operator import ssh_public_key
 
     with open_announced(device_spec) as device:
-        try:
-            return ssh_public_key(device, identity, curve)
-        except ValueError as err:
-            raise UsageError(f"--identity {identity}: {err}") from None
+        return ssh_public_key(device, identity, curve)
 
 
 @click.command("gen-host")
