@@ -82,6 +82,7 @@ python3Packages.buildPythonApplication {
     "tor"
     "lxd"
     "nix"
+    "repo"
   ];
 
   passthru = { inherit lndStubs; };

@@ -240,6 +240,7 @@ def test_output_directory_that_is_a_file(tmp_path, run_cli, spec_file):
 # --- the repository's own hosts ---------------------------------------------------------------
 
 
+@pytest.mark.repo
 @pytest.mark.parametrize("example", ["cluster", "regtest"])
 def test_repository_hosts_match_the_example_specs(run_cli, example):
     """hosts/ is generated from examples/; CI fails when they drift apart."""

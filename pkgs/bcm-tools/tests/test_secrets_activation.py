@@ -19,7 +19,7 @@ MATERIAL = Path(__file__).parent / "material" / "example-host"
 # Like the eval harness, this needs nixpkgs' lib; scripts/test passes NIXPKGS_LIB through.
 NIXPKGS_LIB = os.environ.get("NIXPKGS_LIB", "")
 
-pytestmark = pytest.mark.nix
+pytestmark = [pytest.mark.nix, pytest.mark.repo]
 
 
 @pytest.fixture(scope="module")

@@ -60,8 +60,11 @@ def test_invalid_spec_exits_2_and_writes_nothing(spec_file: Path, tmp_path: Path
     assert tree(out) == before
 
 
+@pytest.mark.repo
 def test_examples_are_valid():
-    for example in sorted(EXAMPLES.glob("*.toml")):
+    examples = sorted(EXAMPLES.glob("*.toml"))
+    assert [e.name for e in examples] == ["cluster.toml", "regtest.toml"]
+    for example in examples:
         parse_spec(example.read_text(), str(example))
 
 
@@ -113,6 +116,7 @@ def test_pruning_shrinks_the_block_files_need():
     parse_spec(to_toml(spec))
 
 
+@pytest.mark.repo
 def test_validate_prints_the_capacity_plan(run_cli):
     result = run_cli("spec", "validate", str(EXAMPLES / "cluster.toml"))
     assert result.returncode == 0, result.stderr
@@ -124,6 +128,7 @@ def test_validate_prints_the_capacity_plan(run_cli):
     assert "2026-11-22" in out
 
 
+@pytest.mark.repo
 def test_readme_sizing_table_matches_the_code():
     """The README shows the sizing table users plan with; it must be the one the code uses."""
     from bcm_tools.sizing import DISK_GB, MEMORY_MB, SIZES_TAKEN
