@@ -67,6 +67,7 @@ python3Packages.buildPythonApplication {
       hypothesis
       tomli-w
       libagent
+      slip10
     ])
     # The secrets tests run the real age CLI and ssh-keygen.
     ++ [
