@@ -21,6 +21,7 @@ let
 
   settingsFormat = pkgs.formats.ini { listsAsDuplicateKeys = true; };
   # bitcoind's RPC password (and the onion address) are appended at start; see prepareConfig.
+  # LND's config parser (go-flags) merges a repeated section header into the earlier section.
   configFile = settingsFormat.generate "lnd.conf" (lib.mapAttrs (_: bcmLib.withoutNulls) cfg.settings);
   runtimeConfig = "/run/lnd/lnd.conf";
 
@@ -34,7 +35,8 @@ let
       printf 'bitcoind.rpcpass=%s\n' "$(cat ${rpcUser.passwordFile})"
       ${lib.optionalString announceOnion ''
         echo "[Application Options]"
-        echo "externalhosts=$(cat "$CREDENTIALS_DIRECTORY/onion-address"):${toString cfg.port}"
+        # A fixed address: externalip, not externalhosts (a name LND re-resolves periodically).
+        echo "externalip=$(cat "$CREDENTIALS_DIRECTORY/onion-address"):${toString cfg.port}"
       ''}
     } > ${runtimeConfig}.tmp
     ${pkgs.coreutils}/bin/mv ${runtimeConfig}.tmp ${runtimeConfig}
@@ -336,26 +338,30 @@ in
         enforce = lib.mkDefault torCfg.enforce;
       };
 
-      # What LND needs from bitcoind: its own RPC user for the calls its chain backend makes.
+      # What LND needs from bitcoind: its own RPC user for the calls its chain backend makes
+      # (LND v0.20 chainreg and chainfee, btcwallet's bitcoind client, btcd's rpcclient).
       bcm.bitcoind.rpc.users.lnd = {
         owner = cfg.user;
         whitelist = [
-          "echo"
           "estimatesmartfee"
-          "getbestblockhash"
           "getblock"
           "getblockchaininfo"
-          "getblockcount"
-          "getblockfilter"
           "getblockhash"
           "getblockheader"
-          "getmempoolentry"
+          # Taproot check: getblockchaininfo no longer lists soft forks.
+          "getdeploymentinfo"
+          # rpcclient tells btcd from bitcoind by calling getinfo and expecting "method not found";
+          # bitcoind answers a call outside the whitelist with 403 instead, which fails LND at start.
+          "getinfo"
           "getmempoolinfo"
           "getnetworkinfo"
+          # Only on a pruned bitcoind: LND fetches pruned blocks from its peers.
+          "getnodeaddresses"
           "getpeerinfo"
           "getrawmempool"
           "getrawtransaction"
           "gettxout"
+          "gettxspendingprevout"
           "getzmqnotifications"
           "sendrawtransaction"
           "testmempoolaccept"

@@ -17,4 +17,15 @@ rec {
   isDefault = option: option.highestPrio >= 1500;
 
   under = dir: path: lib.hasPrefix "${dir}/" path;
+
+  # The RPC calls bitcoin.conf whitelists for `user` (bitcoind intersects repeated lines; none: [ ]).
+  whitelistOf =
+    user:
+    let
+      prefix = "rpcwhitelist=${user}:";
+      entries = map (l: lib.filter (m: m != "") (lib.splitString "," (lib.removePrefix prefix l))) (
+        lib.filter (lib.hasPrefix prefix) (lines "bitcoin.conf")
+      );
+    in
+    if entries == [ ] then [ ] else lib.foldl' lib.intersectLists (lib.head entries) (lib.tail entries);
 }

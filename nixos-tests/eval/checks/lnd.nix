@@ -16,6 +16,33 @@ let
     "127.0.0.0/8"
     "::1/128"
   ];
+  # Every bitcoind RPC LND v0.20.1 makes with a bitcoind backend, read from its source and its
+  # dependencies' (chainreg, lnwallet/chainfee; btcwallet v0.16.17 chain/bitcoind_*.go,
+  # mempool.go, pruned_block_dispatcher.go; btcd rpcclient BackendVersion, which calls getinfo).
+  # A call missing from the whitelist gets HTTP 403 and LND fails at start or later.
+  required = [
+    "estimatesmartfee"
+    "getblock"
+    "getblockchaininfo"
+    "getblockhash"
+    "getblockheader"
+    "getdeploymentinfo"
+    "getinfo"
+    "getmempoolinfo"
+    "getnetworkinfo"
+    "getnodeaddresses"
+    "getpeerinfo"
+    "getrawmempool"
+    "getrawtransaction"
+    "gettxout"
+    "gettxspendingprevout"
+    "getzmqnotifications"
+    "sendrawtransaction"
+    "testmempoolaccept"
+    "uptime"
+  ];
+  whitelisted = h.whitelistOf "lnd";
+  onion = config.bcm.tor.onionServices.lnd or null;
 in
 lib.optionals cfg.enable (
   [
@@ -36,6 +63,9 @@ lib.optionals cfg.enable (
       && !(h.contains conf "rpcpass=")
       && h.contains "lnd-prepare" "bitcoind.rpcpass="
     ) "rpcuser, whitelist or password handling differs")
+    (check "lnd: its whitelist covers every RPC LND's bitcoind backend makes" (
+      lib.subtractLists whitelisted required == [ ]
+    ) "missing from rpcwhitelist=lnd: ${lib.concatStringsSep ", " (lib.subtractLists whitelisted required)}")
     (check "lnd: wallet created and unlocked without interaction" (
       h.hasLine conf "wallet-unlock-password-file=${cfg.walletPasswordFile}"
       && h.hasLine conf "wallet-unlock-allow-create=true"
@@ -53,6 +83,11 @@ lib.optionals cfg.enable (
     (check "lnd: peers through Tor (tor.socks=${config.bcm.tor.socksEndpoint})" (
       h.hasLine conf "tor.active=true" && h.hasLine conf "tor.socks=${config.bcm.tor.socksEndpoint}"
     ) "tor section missing")
+  ]
+  ++ lib.optionals (config.bcm.tor.enable && onion != null && onion.enable) [
+    (check "lnd: onion address announced as externalip" (
+      h.contains "lnd-prepare" "externalip=$(cat \"$CREDENTIALS_DIRECTORY/onion-address\"):${toString cfg.port}"
+    ) "externalip line for the onion address missing")
   ]
   ++ lib.optionals cfg.tor.enforce [
     (check "lnd: Tor enforced, loopback only" (unit.serviceConfig.IPAddressAllow == loopback) "IPAddressAllow is not loopback")
