@@ -26,7 +26,8 @@ let
     umask 0077
     if [ ! -s ${cfg.tlsKey} ]; then
       # First start: a self-signed certificate; clients pin it (Electrum trusts on first use).
-      ${pkgs.openssl}/bin/openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      # RSA: Fulcrum documents EC keys as experimental.
+      ${pkgs.openssl}/bin/openssl req -x509 -newkey rsa:3072 -nodes \
         -keyout ${cfg.tlsKey}.tmp -out ${cfg.tlsCert} -days 3650 -subj /CN=bcm-fulcrum
       ${pkgs.coreutils}/bin/mv ${cfg.tlsKey}.tmp ${cfg.tlsKey}
       ${pkgs.coreutils}/bin/chmod 0644 ${cfg.tlsCert}
@@ -144,27 +145,29 @@ in
       }
     ];
 
-    # What Fulcrum needs from bitcoind: its own RPC user, limited to the calls it makes.
+    # What Fulcrum needs from bitcoind: its own RPC user, limited to the calls Fulcrum 2.x makes
+    # (BitcoinD.cpp, Controller, Servers.cpp).
     bcm.bitcoind.rpc.users.fulcrum = {
       owner = cfg.user;
       whitelist = [
         "estimatesmartfee"
-        "getbestblockhash"
         "getblock"
         "getblockchaininfo"
-        "getblockcount"
         "getblockhash"
         "getblockheader"
-        "getmempoolentry"
         "getmempoolinfo"
         "getnetworkinfo"
         "getrawmempool"
         "getrawtransaction"
         "getzmqnotifications"
+        # Fulcrum's keep-alive: uptime, or "help help" where uptime is missing.
         "help"
-        "ping"
         "sendrawtransaction"
+        # blockchain.transaction.broadcast_package
+        "submitpackage"
         "uptime"
+        # The admin RPC's query_address (FulcrumAdmin query) lets bitcoind parse the address.
+        "validateaddress"
       ];
     };
 
