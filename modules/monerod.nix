@@ -245,9 +245,9 @@ in
         rpc-bind-ip = cfg.rpc.address;
         rpc-bind-port = cfg.rpc.port;
         rpc-restricted-bind-ip = cfg.restrictedRpc.address;
+        # No confirm-external-bind: monerod demands it only for a non-loopback rpc-bind-ip, which
+        # the assertion above rules out; the restricted bind needs no confirmation.
         rpc-restricted-bind-port = cfg.restrictedRpc.port;
-        # monerod refuses a non-loopback RPC bind unless told the exposure is intended.
-        confirm-external-bind = if bcmLib.isLoopback cfg.restrictedRpc.address then null else true;
         zmq-rpc-bind-ip = "127.0.0.1";
         zmq-rpc-bind-port = cfg.zmq.rpcPort;
         zmq-pub = cfg.zmq.pubEndpoint;
@@ -258,7 +258,8 @@ in
         # Peers and relayed transactions both go through Tor.
         proxy = torCfg.socksEndpoint;
         tx-proxy = "tor,${torCfg.socksEndpoint},16";
-        # DNS lookups would bypass the proxy.
+        # With `proxy` set monerod already skips its DNS lookups (checkpoints, seeds, updates)
+        # unless proxy-allow-dns-leaks is given; said here too so it survives a settings override.
         disable-dns-checkpoints = true;
       })
     ];
