@@ -142,7 +142,8 @@ in
   bitcoind = mkPackage "bitcoind" { };
   fulcrum = mkPackage "fulcrum" { mainProgram = "Fulcrum"; };
   lnd = mkPackage "lnd" { };
-  monero-cli = mkPackage "monero-cli" { mainProgram = "monerod"; };
+  # nixpkgs sets mainProgram to the wallet; the module names bin/monerod explicitly.
+  monero-cli = mkPackage "monero-cli" { mainProgram = "monero-wallet-cli"; };
   tor = mkPackage "tor" { };
   apacheKafka = mkPackage "apache-kafka" { passthru.jre = jre; };
   coreutils = mkPackage "coreutils" { mainProgram = "ls"; };

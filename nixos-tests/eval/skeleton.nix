@@ -228,8 +228,32 @@ in
       type = types.bool;
       default = false;
     };
+    # Free-form like nixpkgs' (sshd_config keys), with the keys bcm sets typed as nixpkgs types
+    # them, so a misspelt PermitRootLogin value fails here as it would on NixOS.
     services.openssh.settings = mkOption {
-      type = types.attrsOf types.anything;
+      type = types.submodule {
+        freeformType = types.attrsOf types.anything;
+        options.PermitRootLogin = mkOption {
+          type = types.nullOr (
+            types.enum [
+              "yes"
+              "without-password"
+              "prohibit-password"
+              "forced-commands-only"
+              "no"
+            ]
+          );
+          default = "prohibit-password";
+        };
+        options.PasswordAuthentication = mkOption {
+          type = types.nullOr types.bool;
+          default = true;
+        };
+        options.KbdInteractiveAuthentication = mkOption {
+          type = types.nullOr types.bool;
+          default = true;
+        };
+      };
       default = { };
     };
 
@@ -253,12 +277,19 @@ in
     system.stateVersion = mkOption {
       type = types.str;
     };
+    # nixpkgs accepts a plain script or { text; deps; supportsDryActivation; }.
     system.activationScripts = mkOption {
       type = types.attrsOf (
-        types.submodule {
-          options.text = mkOption { type = types.lines; };
-          options.deps = strList;
-        }
+        types.either types.str (
+          types.submodule {
+            options.text = mkOption { type = types.lines; };
+            options.deps = strList;
+            options.supportsDryActivation = mkOption {
+              type = types.bool;
+              default = false;
+            };
+          }
+        )
       );
       default = { };
     };
