@@ -226,31 +226,11 @@ in
       description = "UTXO cache in MiB, from the host spec.";
     };
 
-    dataDir = lib.mkOption {
-      type = lib.types.str;
-      default = "${config.bcm.storage.fast}/bitcoind";
-      defaultText = lib.literalExpression ''"''${config.bcm.storage.fast}/bitcoind"'';
-      description = "`datadir`: chainstate, indexes and wallets. Fast tier by default.";
-    };
+    dataDir = bcmLib.mkTierDirOption config "fast" "bitcoind" "`datadir`: chainstate, indexes and wallets. Fast tier by default.";
 
-    blocksDir = lib.mkOption {
-      type = lib.types.str;
-      default = "${config.bcm.storage.bulk}/bitcoind/blocks";
-      defaultText = lib.literalExpression ''"''${config.bcm.storage.bulk}/bitcoind/blocks"'';
-      description = "`blocksdir`: block and undo files. Bulk tier by default.";
-    };
+    blocksDir = bcmLib.mkTierDirOption config "bulk" "bitcoind/blocks" "`blocksdir`: block and undo files. Bulk tier by default.";
 
-    user = lib.mkOption {
-      type = lib.types.str;
-      default = "bitcoind";
-      description = "User the daemon runs as.";
-    };
-
-    group = lib.mkOption {
-      type = lib.types.str;
-      default = "bitcoind";
-      description = "Group the daemon runs as.";
-    };
+    inherit (bcmLib.mkAccountOptions "bitcoind" "bitcoind") user group;
 
     tor = bcmLib.mkTorOptions "bitcoind";
 

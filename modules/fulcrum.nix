@@ -73,24 +73,9 @@ in
       description = "Loopback port of Fulcrum's admin RPC, used by the operator's `FulcrumAdmin` wrapper.";
     };
 
-    dataDir = lib.mkOption {
-      type = lib.types.str;
-      default = "${config.bcm.storage.fast}/fulcrum";
-      defaultText = lib.literalExpression ''"''${config.bcm.storage.fast}/fulcrum"'';
-      description = "Fulcrum's database and TLS key. Fast tier by default.";
-    };
+    dataDir = bcmLib.mkTierDirOption config "fast" "fulcrum" "Fulcrum's database and TLS key. Fast tier by default.";
 
-    user = lib.mkOption {
-      type = lib.types.str;
-      default = "fulcrum";
-      description = "User Fulcrum runs as.";
-    };
-
-    group = lib.mkOption {
-      type = lib.types.str;
-      default = "fulcrum";
-      description = "Group Fulcrum runs as.";
-    };
+    inherit (bcmLib.mkAccountOptions "fulcrum" "Fulcrum") user group;
 
     settings = lib.mkOption {
       default = { };

@@ -128,24 +128,9 @@ in
       description = "`bootstrap.servers` for clients.";
     };
 
-    dataDir = lib.mkOption {
-      type = lib.types.str;
-      default = "${config.bcm.storage.fast}/kafka";
-      defaultText = lib.literalExpression ''"''${config.bcm.storage.fast}/kafka"'';
-      description = "Kafka's log directories and cluster id. Fast tier by default.";
-    };
+    dataDir = bcmLib.mkTierDirOption config "fast" "kafka" "Kafka's log directories and cluster id. Fast tier by default.";
 
-    user = lib.mkOption {
-      type = lib.types.str;
-      default = "kafka";
-      description = "User Kafka runs as.";
-    };
-
-    group = lib.mkOption {
-      type = lib.types.str;
-      default = "kafka";
-      description = "Group Kafka runs as.";
-    };
+    inherit (bcmLib.mkAccountOptions "kafka" "Kafka") user group;
 
     heapOptions = lib.mkOption {
       type = lib.types.str;

@@ -8,6 +8,7 @@
 }:
 let
   cfg = config.bcm.lnd.backups;
+  bcmLib = import ./lib { inherit lib; };
   lnd = config.bcm.lnd;
   hardening = config.bcm.lib.hardening;
   secretsDir = config.bcm.lib.generatedSecretsDir;
@@ -130,17 +131,7 @@ in
       '';
     };
 
-    user = lib.mkOption {
-      type = lib.types.str;
-      default = "lnd-backups";
-      description = "User the watcher runs as.";
-    };
-
-    group = lib.mkOption {
-      type = lib.types.str;
-      default = "lnd-backups";
-      description = "Group the watcher runs as.";
-    };
+    inherit (bcmLib.mkAccountOptions "lnd-backups" "the backup watcher") user group;
   };
 
   config = lib.mkIf cfg.enable {

@@ -191,12 +191,7 @@ in
       description = "REST port.";
     };
 
-    dataDir = lib.mkOption {
-      type = lib.types.str;
-      default = "${config.bcm.storage.fast}/lnd";
-      defaultText = lib.literalExpression ''"''${config.bcm.storage.fast}/lnd"'';
-      description = "`lnddir`: wallet, channel database, TLS key. Fast tier by default.";
-    };
+    dataDir = bcmLib.mkTierDirOption config "fast" "lnd" "`lnddir`: wallet, channel database, TLS key. Fast tier by default.";
 
     certDir = lib.mkOption {
       type = lib.types.str;
@@ -205,17 +200,7 @@ in
       description = "World-readable directory of LND's TLS certificate, so clients need no access to `dataDir`.";
     };
 
-    user = lib.mkOption {
-      type = lib.types.str;
-      default = "lnd";
-      description = "User LND runs as.";
-    };
-
-    group = lib.mkOption {
-      type = lib.types.str;
-      default = "lnd";
-      description = "Group LND runs as.";
-    };
+    inherit (bcmLib.mkAccountOptions "lnd" "LND") user group;
 
     tor = bcmLib.mkTorOptions "LND";
 

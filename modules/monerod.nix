@@ -158,24 +158,9 @@ in
       description = "Whether to prune the blockchain (about a third of the full size).";
     };
 
-    dataDir = lib.mkOption {
-      type = lib.types.str;
-      default = "${config.bcm.storage.bulk}/monerod";
-      defaultText = lib.literalExpression ''"''${config.bcm.storage.bulk}/monerod"'';
-      description = "monerod's LMDB and logs. Bulk tier by default.";
-    };
+    dataDir = bcmLib.mkTierDirOption config "bulk" "monerod" "monerod's LMDB and logs. Bulk tier by default.";
 
-    user = lib.mkOption {
-      type = lib.types.str;
-      default = "monerod";
-      description = "User monerod runs as.";
-    };
-
-    group = lib.mkOption {
-      type = lib.types.str;
-      default = "monerod";
-      description = "Group monerod runs as.";
-    };
+    inherit (bcmLib.mkAccountOptions "monerod" "monerod") user group;
 
     tor = bcmLib.mkTorOptions "monerod";
 

@@ -49,6 +49,31 @@ rec {
 
   isLoopback = address: lib.hasPrefix "127." address || address == "::1" || address == "localhost";
 
+  # A directory option that lives on a storage tier unless overridden; `defaultText` shows the
+  # tier, so the documentation and the real default cannot drift apart.
+  mkTierDirOption =
+    config: tier: subdir: description:
+    lib.mkOption {
+      type = lib.types.str;
+      default = "${config.bcm.storage.${tier}}/${subdir}";
+      defaultText = lib.literalExpression ''"''${config.bcm.storage.${tier}}/${subdir}"'';
+      inherit description;
+    };
+
+  # `user` and `group` of a service that runs as a system account of its own name.
+  mkAccountOptions = account: serviceName: {
+    user = lib.mkOption {
+      type = lib.types.str;
+      default = account;
+      description = "User ${serviceName} runs as.";
+    };
+    group = lib.mkOption {
+      type = lib.types.str;
+      default = account;
+      description = "Group ${serviceName} runs as.";
+    };
+  };
+
   # Options every Tor-aware service module offers. The policy (whether they are on) is set by
   # modules/tor.nix; the service module implements what they mean for its daemon.
   mkTorOptions = serviceName: {
