@@ -68,9 +68,14 @@ in
     };
 
     adminPort = lib.mkOption {
-      type = lib.types.port;
-      default = 8000;
-      description = "Loopback port of Fulcrum's admin RPC, used by the operator's `FulcrumAdmin` wrapper.";
+      type = lib.types.nullOr lib.types.port;
+      default = null;
+      example = 8000;
+      description = ''
+        Loopback port of Fulcrum's admin RPC, for the operator's `fulcrum-admin` wrapper. Off
+        (null) by default: the admin RPC has no authentication, so every local user could stop
+        the server or ban clients through it. Set a port only on hosts whose local users you trust.
+      '';
     };
 
     dataDir = bcmLib.mkTierDirOption config "fast" "fulcrum" "Fulcrum's database and TLS key. Fast tier by default.";
@@ -164,7 +169,7 @@ in
       ssl = cfg.endpoints.ssl;
       cert = cfg.tlsCert;
       key = cfg.tlsKey;
-      admin = bcmLib.hostPort "127.0.0.1" cfg.adminPort;
+      admin = if cfg.adminPort == null then null else bcmLib.hostPort "127.0.0.1" cfg.adminPort;
       # No peering with other Electrum servers: it would announce this host.
       peering = lib.mkDefault false;
       announce = lib.mkDefault false;
@@ -183,7 +188,7 @@ in
       ];
     };
 
-    bcm.operator.tools = [ cfg.cli ];
+    bcm.operator.tools = lib.optional (cfg.adminPort != null) cfg.cli;
 
     systemd.tmpfiles.rules = [ "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -" ];
 

@@ -49,4 +49,12 @@ lib.optionals cfg.enable [
   (check "fulcrum: TLS key made on the host at first start, password appended at start" (
     h.hasLine conf "key = ${cfg.tlsKey}" && h.contains "fulcrum-prepare" "openssl req -x509 -newkey rsa:" && !(h.contains conf "rpcpassword")
   ) "TLS key or password handling differs")
+  (
+    if cfg.adminPort == null then
+      check "fulcrum: unauthenticated admin RPC off" (!(h.contains conf "admin =")) "admin RPC configured though adminPort is null"
+    else
+      check "fulcrum: admin RPC on loopback port ${toString cfg.adminPort}, wrapper for the operator" (
+        h.hasLine conf "admin = 127.0.0.1:${toString cfg.adminPort}" && lib.elem cfg.cli config.bcm.operator.tools
+      ) "admin RPC not on loopback or wrapper missing"
+  )
 ]
