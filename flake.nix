@@ -50,6 +50,17 @@
         }
         // {
           bcm-tools = self.packages.${pkgs.stdenv.hostPlatform.system}.bcm-tools;
+          # hosts/ is what gen-host makes of examples/; a hand edit or a stale host fails here.
+          hosts-match-specs =
+            pkgs.runCommand "bcm-hosts-match-specs"
+              { nativeBuildInputs = [ self.packages.${pkgs.stdenv.hostPlatform.system}.bcm-tools ]; }
+              ''
+                cd ${self}
+                for spec in examples/*.toml; do
+                  bcm-tools gen-host --spec "$spec" --out hosts --check
+                done
+                touch $out
+              '';
         }
       );
 
