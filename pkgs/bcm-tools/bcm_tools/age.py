@@ -100,8 +100,20 @@ def identity_in_memory(identity: str) -> Iterator[str]:
         finally:
             os.close(fd)
         return
-    with tempfile.TemporaryDirectory(prefix="bcm-age-") as directory:
-        path = Path(directory) / "identity"
+    with private_dir() as directory:
+        path = directory / "identity"
         path.touch(mode=0o600)
         path.write_bytes(data)
         yield str(path)
+
+
+@contextmanager
+def private_dir() -> Iterator[Path]:
+    """A 0700 temporary directory for plaintext, in memory where the system offers one
+    ($XDG_RUNTIME_DIR or /dev/shm), removed afterwards."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.path.isdir(base):
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="bcm-", dir=base) as name:
+        os.chmod(name, 0o700)
+        yield Path(name)

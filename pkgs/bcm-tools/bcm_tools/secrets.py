@@ -18,8 +18,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +112,7 @@ def decrypt_secret(repo: SecretsRepo, name: str, device: KeyDevice) -> bytes:
         ciphertext = path.read_bytes()
     except FileNotFoundError:
         raise SecretError(f"{_shown(repo, path)} does not exist") from None
-    with _identity_file(operator_age_identity(device)) as identity:
+    with age.identity_in_memory(operator_age_identity(device)) as identity:
         return _decrypt(repo, path, ciphertext, identity, device)
 
 
@@ -138,7 +137,7 @@ def rekey(repo: SecretsRepo, device: KeyDevice, names: list[str] | None = None) 
     names = names or repo.secret_names()
     recipients = repo.recipients()
     plaintexts = []
-    with _identity_file(operator_age_identity(device)) as identity:
+    with age.identity_in_memory(operator_age_identity(device)) as identity:
         for name in names:
             path = repo.secret_path(name)
             if not path.exists():
@@ -161,7 +160,7 @@ def edit_secret(
     path = repo.secret_path(name)
     old = decrypt_secret(repo, name, device) if path.exists() else None
     recipients = repo.recipients()  # fail on a missing recipient before the user types anything
-    with _private_dir() as workdir:
+    with age.private_dir() as workdir:
         plain = workdir / path.name.removesuffix(".age")
         plain.touch(mode=0o600)
         plain.write_bytes(old or b"")
@@ -218,16 +217,6 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-@contextmanager
-def _private_dir() -> Iterator[Path]:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if not base or not os.path.isdir(base):
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="bcm-secret-", dir=base) as name:
-        os.chmod(name, 0o700)
-        yield Path(name)
-
-
 def _shred(path: Path) -> None:
     if path.exists():
         size = path.stat().st_size
@@ -237,29 +226,4 @@ def _shred(path: Path) -> None:
             os.fsync(handle.fileno())
         path.unlink()
 
-
-@contextmanager
-def _identity_file(identity: str) -> Iterator[str]:
-    """The identity as a path `age -i` can read, without it touching a disk.
-
-    On Linux it is an anonymous in-memory file (memfd) that age opens through /proc; elsewhere a
-    0600 file in a private temporary directory, removed afterwards.
-    """
-    data = (identity + "\n").encode()
-    if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
-        fd = os.memfd_create("bcm-operator-identity", os.MFD_CLOEXEC)
-        try:
-            os.write(fd, data)
-            yield f"/proc/{os.getpid()}/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    with _private_dir() as workdir:
-        path = workdir / "identity"
-        path.touch(mode=0o600)
-        path.write_bytes(data)
-        try:
-            yield str(path)
-        finally:
-            _shred(path)
 

@@ -15,7 +15,6 @@ from bcm_tools.devices.mnemonic import MnemonicDevice
 from bcm_tools.devices.trezor import TrezorDevice
 from bcm_tools.errors import CredentialError
 from bcm_tools.keys.bip32 import Curve, parse_path, serialize
-from bcm_tools.keys.descriptors import ScriptKind
 from bcm_tools.keys.operator import (
     OPERATOR_AGE_KEY_NAME,
     OPERATOR_AGE_PATH,

@@ -259,7 +259,6 @@ MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon aban
 
 def test_operator_key_from_a_device_goes_into_spec_and_hosts(run_cli, tmp_path):
     """The software (mnemonic) device stands in for a Trezor here; both derive the same key."""
-    from bcm_tools.devices.mnemonic import MnemonicDevice  # noqa: F401  (the device the CLI opens)
     from bcm_tools.keys.operator import ssh_public_key_for
 
     mnemonic = tmp_path / "words.txt"

@@ -28,7 +28,7 @@ from bcm_tools.keys.bip32 import (
     parse_path,
     serialize,
 )
-from bcm_tools.keys.descriptors import DescriptorError, add_checksum, checksum, verify_checksum
+from bcm_tools.keys.descriptors import DescriptorError, add_checksum, verify_checksum
 from bcm_tools.keys.slip13 import identity_path
 
 VECTORS = Path(__file__).parent / "vectors"
