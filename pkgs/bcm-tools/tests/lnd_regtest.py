@@ -283,6 +283,9 @@ class LndNode:
             return info["synced_to_chain"] and info["block_height"] >= height
 
         wait_for(f"{self.name} synced to chain", synced, timeout=timeout, interval=0.5)
+        # getinfo answers as soon as the RPC server is up; peers can only connect once LND's
+        # own server is active, which can come later (after a restore, say).
+        wait_for(f"{self.name} server active", lambda: self.cli("state")["state"] == "SERVER_ACTIVE", timeout=timeout, interval=0.5)
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=30)
