@@ -63,6 +63,19 @@ let
     };
   };
 
+  dirsScript = bcmLib.mkDirsScript pkgs "bitcoind" [
+    {
+      path = cfg.dataDir;
+      mode = "0750";
+      inherit (cfg) user group;
+    }
+    {
+      path = cfg.blocksDir;
+      mode = "0750";
+      inherit (cfg) user group;
+    }
+  ];
+
   startScript = pkgs.writeShellScript "bitcoind-start" ''
     set -euo pipefail
     args=()
@@ -388,11 +401,6 @@ in
 
       bcm.operator.tools = [ cfg.cli ];
 
-      systemd.tmpfiles.rules = [
-        "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
-        "d ${cfg.blocksDir} 0750 ${cfg.user} ${cfg.group} - -"
-      ];
-
       systemd.services.bitcoind = {
         description = "Bitcoin daemon (${network})";
         wantedBy = [ "multi-user.target" ];
@@ -413,12 +421,16 @@ in
         serviceConfig =
           hardening.strict
           // bcmLib.peerNetworkAccess cfg.tor
+          # The ZMQ publishers are always on (LND and the event stream subscribe).
+          // hardening.allowNetlink
           // {
             Type = "notify";
             # The notification comes from the systemd-notify child bitcoind spawns.
             NotifyAccess = "all";
             User = cfg.user;
             Group = cfg.group;
+            # "+": after the tiers are mounted, as root (lib/default.nix, mkDirsScript).
+            ExecStartPre = "+${dirsScript}";
             ExecStart = "${startScript}";
             LoadCredential = lib.optional announceOnion "onion-address:${onion.hostnameFile}";
             ReadWritePaths = [

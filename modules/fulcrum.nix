@@ -21,6 +21,14 @@ let
   configFile = settingsFormat.generate "fulcrum.conf" (bcmLib.withoutNulls cfg.settings);
   runtimeConfig = "/run/fulcrum/fulcrum.conf";
 
+  dirsScript = bcmLib.mkDirsScript pkgs "fulcrum" [
+    {
+      path = cfg.dataDir;
+      mode = "0750";
+      inherit (cfg) user group;
+    }
+  ];
+
   preStart = pkgs.writeShellScript "fulcrum-prepare" ''
     set -euo pipefail
     umask 0077
@@ -190,8 +198,6 @@ in
 
     bcm.operator.tools = lib.optional (cfg.adminPort != null) cfg.cli;
 
-    systemd.tmpfiles.rules = [ "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -" ];
-
     systemd.services.fulcrum = {
       description = "Fulcrum Electrum server";
       wantedBy = [ "multi-user.target" ];
@@ -217,7 +223,11 @@ in
           Group = cfg.group;
           RuntimeDirectory = "fulcrum";
           RuntimeDirectoryMode = "0700";
-          ExecStartPre = "${preStart}";
+          ExecStartPre = [
+            # "+": after the tier is mounted, as root (lib/default.nix, mkDirsScript).
+            "+${dirsScript}"
+            "${preStart}"
+          ];
           ExecStart = "${cfg.package}/bin/Fulcrum ${runtimeConfig}";
           ReadWritePaths = [ cfg.dataDir ];
           Restart = "on-failure";

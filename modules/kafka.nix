@@ -29,6 +29,19 @@ let
   retentionPerPartition = if cfg.retentionBytes == null then null else cfg.retentionBytes / lib.max 1 declaredPartitions;
   logDir = "${cfg.dataDir}/logs";
 
+  dirsScript = bcmLib.mkDirsScript pkgs "kafka" (
+    map
+      (path: {
+        inherit path;
+        mode = "0750";
+        inherit (cfg) user group;
+      })
+      [
+        cfg.dataDir
+        logDir
+      ]
+  );
+
   prepare = pkgs.writeShellScript "kafka-prepare" ''
     set -euo pipefail
     umask 0077
@@ -314,11 +327,6 @@ in
 
       bcm.operator.tools = [ cfg.cli ];
 
-      systemd.tmpfiles.rules = [
-        "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
-        "d ${logDir} 0750 ${cfg.user} ${cfg.group} - -"
-      ];
-
       systemd.services.kafka = {
         description = "Apache Kafka (KRaft, single node)";
         wantedBy = [ "multi-user.target" ];
@@ -342,7 +350,11 @@ in
             Group = cfg.group;
             RuntimeDirectory = "kafka";
             RuntimeDirectoryMode = "0700";
-            ExecStartPre = "${prepare}";
+            ExecStartPre = [
+              # "+": after the tier is mounted, as root (lib/default.nix, mkDirsScript).
+              "+${dirsScript}"
+              "${prepare}"
+            ];
             ExecStart = "${cfg.package}/bin/kafka-server-start.sh ${runtimeProperties}";
             ReadWritePaths = [ cfg.dataDir ];
             # The JVM exits with 143 on SIGTERM.

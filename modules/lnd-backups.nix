@@ -27,6 +27,14 @@ let
   # Built only when enabled, so hosts without backups never evaluate it.
   bcmTools = if cfg.package != null then cfg.package else pkgs.callPackage ../pkgs/bcm-tools { lnd = lnd.package; };
 
+  dirsScript = bcmLib.mkDirsScript pkgs "lnd-backups" (
+    map (path: {
+      inherit path;
+      mode = "0700";
+      inherit (cfg) user group;
+    }) localTargets
+  );
+
   stateDir = "/var/lib/lnd-backups";
   knownHostsFile = pkgs.writeText "lnd-backups-known-hosts" (lib.concatLines cfg.ssh.knownHosts);
 
@@ -171,8 +179,6 @@ in
       script = "${pkgs.age}/bin/age-keygen 2>/dev/null";
     };
 
-    systemd.tmpfiles.rules = map (dir: "d ${dir} 0700 ${cfg.user} ${cfg.group} - -") localTargets;
-
     systemd.services.lnd-backups = {
       description = "Encrypted, verified LND channel backups";
       wantedBy = [ "multi-user.target" ];
@@ -194,6 +200,8 @@ in
           Group = cfg.group;
           StateDirectory = "lnd-backups";
           StateDirectoryMode = "0755";
+          # "+": local targets are often backup disks mounted late (lib/default.nix, mkDirsScript).
+          ExecStartPre = lib.mkIf (localTargets != [ ]) "+${dirsScript}";
           ExecStart = "${lib.getExe bcmTools} ${lib.escapeShellArgs watchArgs}";
           ReadWritePaths = localTargets;
           # Every write is temporary file, fsync, rename: a stop at any moment loses nothing.

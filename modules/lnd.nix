@@ -42,41 +42,53 @@ let
     ${pkgs.coreutils}/bin/mv ${runtimeConfig}.tmp ${runtimeConfig}
   '';
 
-  lncliAdmin = "${cfg.package}/bin/lncli --lnddir=${cfg.dataDir} --network=${lndNetwork} --rpcserver=${cfg.rpc.endpoint} --tlscertpath=${cfg.tlsCert} --macaroonpath=${cfg.adminMacaroon}";
-  restUrl = "https://${bcmLib.hostPort "127.0.0.1" cfg.restPort}";
+  dirsScript = bcmLib.mkDirsScript pkgs "lnd" [
+    {
+      path = cfg.dataDir;
+      mode = "0750";
+      inherit (cfg) user group;
+    }
+    {
+      path = cfg.certDir;
+      mode = "0755";
+      inherit (cfg) user group;
+    }
+  ];
 
-  # Runs as root ("+") after LND started: creates the wallet on first start, then bakes the
-  # macaroons other units asked for and hands each to its user.
+  # Runs as the lnd user before LND starts, so the wallet exists before LND listens: LND's
+  # WalletUnlocker API is unauthenticated, and any local user who reached it first could plant
+  # a seed of their own. lndinit leaves an existing wallet alone (after checking the password).
+  initWallet = pkgs.writeShellScript "lnd-init-wallet" ''
+    set -euo pipefail
+    umask 0077
+    lndinit=${lib.getExe cfg.initPackage}
+    if [ ! -s ${cfg.seedMnemonicFile} ] && [ ! -e ${cfg.networkDir}/wallet.db ]; then
+      "$lndinit" gen-seed > ${cfg.seedMnemonicFile}.tmp
+      ${pkgs.coreutils}/bin/mv ${cfg.seedMnemonicFile}.tmp ${cfg.seedMnemonicFile}
+    fi
+    "$lndinit" init-wallet \
+      --network=${lndNetwork} \
+      --secret-source=file \
+      --file.seed=${cfg.seedMnemonicFile} \
+      --file.wallet-password=${cfg.walletPasswordFile} \
+      --init-file.output-wallet-dir=${cfg.networkDir} \
+      --init-file.validate-password
+  '';
+
+  lncliAdmin = "${cfg.package}/bin/lncli --lnddir=${cfg.dataDir} --network=${lndNetwork} --rpcserver=${cfg.rpc.endpoint} --tlscertpath=${cfg.tlsCert} --macaroonpath=${cfg.adminMacaroon}";
+
+  # Runs as root ("+") after LND started: bakes the macaroons other units asked for and hands
+  # each to its user.
   postStart = pkgs.writeShellScript "lnd-post-start" ''
     set -euo pipefail
     umask 0077
-    PATH=${
-      lib.makeBinPath [
-        pkgs.coreutils
-        pkgs.curl
-        pkgs.jq
-      ]
-    }
+    PATH=${lib.makeBinPath [ pkgs.coreutils ]}
     ${bcmLib.waitForPort "127.0.0.1" cfg.restPort 300}
     # LND writes its certificate under UMask=0077; clients of other users need to read it.
     chmod 0644 ${cfg.tlsCert}
 
-    if [ ! -e ${cfg.networkDir}/wallet.db ]; then
-      # First start: a fresh seed, kept with the owner-only wallet data; the wallet password
-      # reaches LND through stdin, never the command line.
-      curl --silent --show-error --fail --cacert ${cfg.tlsCert} ${restUrl}/v1/genseed \
-        | jq '.cipher_seed_mnemonic' > /run/lnd/seed.json
-      jq -r 'join(" ")' /run/lnd/seed.json > ${cfg.seedMnemonicFile}.tmp
-      mv ${cfg.seedMnemonicFile}.tmp ${cfg.seedMnemonicFile}
-      chown ${cfg.user}:${cfg.group} ${cfg.seedMnemonicFile}
-      chmod 0600 ${cfg.seedMnemonicFile}
-      jq -n --rawfile password ${cfg.walletPasswordFile} --slurpfile seed /run/lnd/seed.json \
-        '{wallet_password: ($password | @base64), cipher_seed_mnemonic: $seed[0]}' \
-        | curl --silent --show-error --fail --cacert ${cfg.tlsCert} -X POST --data @- ${restUrl}/v1/initwallet >/dev/null
-      rm -f /run/lnd/seed.json
-    fi
-
-    # Later starts unlock through wallet-unlock-password-file; wait until the RPC server is up.
+    # LND unlocks the wallet lnd-init-wallet made with wallet-unlock-password-file; wait until
+    # the RPC server is up and LND has written its admin macaroon.
     for _ in $(seq 1 300); do
       if [ -e ${cfg.adminMacaroon} ] && ${lncliAdmin} getinfo >/dev/null 2>&1; then break; fi
       sleep 1
@@ -141,6 +153,8 @@ in
     enable = lib.mkEnableOption "LND, the Lightning Network daemon";
 
     package = lib.mkPackageOption pkgs "lnd" { };
+
+    initPackage = lib.mkPackageOption pkgs "lndinit" { };
 
     alias = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
@@ -260,7 +274,7 @@ in
       type = lib.types.str;
       readOnly = true;
       default = "${cfg.dataDir}/seed-mnemonic";
-      description = "The wallet's aezeed mnemonic, written at wallet creation, mode 0600. Back it up.";
+      description = "The wallet's aezeed mnemonic, written by lndinit before the wallet is created, mode 0600. Back it up.";
     };
 
     cli = lib.mkOption {
@@ -364,9 +378,17 @@ in
             restlisten = bcmLib.hostPort cfg.restAddress cfg.restPort;
             tlscertpath = cfg.tlsCert;
             tlskeypath = "${cfg.dataDir}/tls.key";
+            # Autofill lists the host's interfaces over netlink, which the sandbox refuses (and
+            # would put every interface address and the hostname in the certificate). Clients
+            # connect on loopback, which the certificate always covers.
+            tlsdisableautofill = true;
+            tlsextraip = lib.unique (
+              lib.filter (a: !bcmLib.isLoopback a && a != "0.0.0.0" && a != "::") [
+                cfg.rpc.address
+                cfg.restAddress
+              ]
+            );
             wallet-unlock-password-file = cfg.walletPasswordFile;
-            # First start: wait for the post-start step to create the wallet instead of failing.
-            wallet-unlock-allow-create = true;
           };
           Bitcoin = {
             "bitcoin.${lndNetwork}" = true;
@@ -407,8 +429,6 @@ in
       bcm.operator.tools = [ cfg.cli ];
 
       systemd.tmpfiles.rules = [
-        "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -"
-        "d ${cfg.certDir} 0755 ${cfg.user} ${cfg.group} - -"
         "d ${secretsDir}/lnd-macaroons 0711 root root - -"
       ];
 
@@ -440,7 +460,12 @@ in
             RuntimeDirectory = "lnd";
             RuntimeDirectoryMode = "0700";
             LoadCredential = lib.optional announceOnion "onion-address:${onion.hostnameFile}";
-            ExecStartPre = "${prepareConfig}";
+            ExecStartPre = [
+              # "+": after the tier is mounted, as root (lib/default.nix, mkDirsScript).
+              "+${dirsScript}"
+              "${initWallet}"
+              "${prepareConfig}"
+            ];
             ExecStart = "${cfg.package}/bin/lnd --lnddir=${cfg.dataDir} --configfile=${runtimeConfig}";
             # "+": baking macaroons for other users needs root to hand them over.
             ExecStartPost = "+${postStart}";

@@ -52,6 +52,14 @@ let
   settingsFormat = pkgs.formats.keyValue { listsAsDuplicateKeys = true; };
   configFile = settingsFormat.generate "monerod.conf" (bcmLib.numericBools (bcmLib.withoutNulls cfg.settings));
 
+  dirsScript = bcmLib.mkDirsScript pkgs "monerod" [
+    {
+      path = cfg.dataDir;
+      mode = "0750";
+      inherit (cfg) user group;
+    }
+  ];
+
   startScript = pkgs.writeShellScript "monerod-start" ''
     set -euo pipefail
     args=()
@@ -269,8 +277,6 @@ in
 
     bcm.operator.tools = [ cfg.cli ];
 
-    systemd.tmpfiles.rules = [ "d ${cfg.dataDir} 0750 ${cfg.user} ${cfg.group} - -" ];
-
     systemd.services.monerod = {
       description = "Monero daemon (${network})";
       wantedBy = [ "multi-user.target" ];
@@ -282,9 +288,13 @@ in
       serviceConfig =
         hardening.strict
         // bcmLib.peerNetworkAccess cfg.tor
+        # monerod binds its ZMQ RPC and publisher at every start.
+        // hardening.allowNetlink
         // {
           User = cfg.user;
           Group = cfg.group;
+          # "+": after the tier is mounted, as root (lib/default.nix, mkDirsScript).
+          ExecStartPre = "+${dirsScript}";
           ExecStart = "${startScript}";
           LoadCredential = lib.optional announceOnion "onion-address:${onion.hostnameFile}";
           ReadWritePaths = [ cfg.dataDir ];

@@ -96,6 +96,49 @@ rec {
   # enforced, anything otherwise.
   peerNetworkAccess = torCfg: if torCfg.enforce then hardening.loopbackOnly else hardening.anyAddress;
 
+  # A root ExecStartPre ("+") that creates a service's directories on its storage tier. tmpfiles
+  # cannot: it runs before a `nofail` or network mount appears, creates the directories under
+  # the empty mount point, the mount then hides them, and the unit fails with 226/NAMESPACE on
+  # its ReadWritePaths. The unit's RequiresMountsFor orders this after the mount. On NFS with
+  # root squash root may neither create nor chown there: a directory the server's admin made
+  # for the service is accepted as it is, otherwise the unit fails with the command to run.
+  #   dirs: [ { path; mode; user; group; } ]
+  mkDirsScript =
+    pkgs: unitName: dirs:
+    pkgs.writeShellScript "${unitName}-dirs" ''
+      set -euo pipefail
+      PATH=${
+        lib.makeBinPath [
+          pkgs.coreutils
+          pkgs.util-linux
+        ]
+      }
+      ensure_dir() {
+        local path=$1 mode=$2 user=$3 group=$4
+        if [ ! -d "$path" ] && ! mkdir -p "$path" 2>/dev/null && ! runuser -u "$user" -- mkdir -p "$path" 2>/dev/null; then
+          echo "${unitName}: cannot create $path (read-only or root-squashed tier?); create it on the server: mkdir -p $path && chown $(id -u "$user"):$(id -g "$group") $path && chmod $mode $path" >&2
+          exit 1
+        fi
+        if [ "$(stat -c %U:%G "$path")" != "$user:$group" ] && ! chown "$user:$group" "$path" 2>/dev/null; then
+          echo "${unitName}: cannot give $path to $user:$group (root-squashed NFS?); on the server run: chown $(id -u "$user"):$(id -g "$group") $path" >&2
+          exit 1
+        fi
+        # The owner may change the mode where root-squashed root may not.
+        if [ "$(stat -c %a "$path")" != "''${mode#0}" ] && ! chmod "$mode" "$path" 2>/dev/null && ! runuser -u "$user" -- chmod "$mode" "$path"; then
+          echo "${unitName}: cannot set mode $mode on $path" >&2
+          exit 1
+        fi
+      }
+      ${lib.concatMapStrings (dir: ''
+        ensure_dir ${lib.escapeShellArgs [
+          dir.path
+          dir.mode
+          dir.user
+          dir.group
+        ]}
+      '') dirs}
+    '';
+
   # A shell snippet that waits until a TCP port accepts connections, using bash's /dev/tcp so the
   # units need no extra tools.
   waitForPort = address: port: timeoutSeconds: ''

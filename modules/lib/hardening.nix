@@ -59,6 +59,17 @@ rec {
     MemoryDenyWriteExecute = false;
   };
 
+  # libzmq lists the interfaces (getifaddrs, over netlink) on every TCP bind and aborts when
+  # netlink is refused: bitcoind's and monerod's ZMQ publishers need it.
+  allowNetlink = {
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+      "AF_NETLINK"
+    ];
+  };
+
   # Fulcrum sizes its caches from /proc/meminfo, which ProcSubset=pid hides.
   allowProcInfo = {
     ProcSubset = "all";

@@ -142,6 +142,7 @@ in
   bitcoind = mkPackage "bitcoind" { };
   fulcrum = mkPackage "fulcrum" { mainProgram = "Fulcrum"; };
   lnd = mkPackage "lnd" { };
+  lndinit = mkPackage "lndinit" { };
   # nixpkgs sets mainProgram to the wallet; the module names bin/monerod explicitly.
   monero-cli = mkPackage "monero-cli" { mainProgram = "monero-wallet-cli"; };
   tor = mkPackage "tor" { };

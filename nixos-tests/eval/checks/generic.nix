@@ -3,6 +3,7 @@
 {
   lib,
   config,
+  rendered,
   failedAssertions,
   hardening,
   check,
@@ -22,21 +23,53 @@ let
     ) units
   );
 
-  # A data directory is created by a tmpfiles rule owned by the unit's user, writable by it alone.
+  # A data directory is created for the unit's user, writable by it alone: by a tmpfiles rule
+  # on the root filesystem, or, on a storage tier, by the unit's own root ExecStartPre after the
+  # mount (modules/lib mkDirsScript).
   dirRule =
     user: path:
     lib.any (
       rule: builtins.match "d ${lib.escapeRegex path} 07[0-5][0-5] ${lib.escapeRegex user} .*" rule != null
     ) config.systemd.tmpfiles.rules;
+  dirsScriptText =
+    name: unit:
+    let
+      pre = lib.filter (lib.hasSuffix "-${name}-dirs") (lib.toList (unit.serviceConfig.ExecStartPre or [ ]));
+      files = lib.filter (f: pre != [ ] && "+${f.path}" == lib.head pre) rendered;
+    in
+    if files == [ ] then "" else (lib.head files).text;
+  dirScripted =
+    name: unit: user: path:
+    # escapeShellArgs quotes only what needs quoting.
+    builtins.match ".*\nensure_dir '?${lib.escapeRegex path}'? '?07[0-5][0-5]'? '?${lib.escapeRegex user}'? .*" (
+      dirsScriptText name unit
+    ) != null;
   uncreated = lib.concatLists (
     lib.mapAttrsToList (
       name: unit:
       let
         user = unit.serviceConfig.User or null;
       in
-      lib.optionals (user != null) (map (p: "${name}: ${p}") (lib.filter (p: !dirRule user p) (writablePaths unit)))
+      lib.optionals (user != null) (
+        map (p: "${name}: ${p}") (lib.filter (p: !(dirRule user p || dirScripted name unit user p)) (writablePaths unit))
+      )
     ) units
   );
+
+  # tmpfiles runs before a nofail or network mount is up: a rule on a tier creates the directory
+  # under the bare mount point, which the mount then hides.
+  tiers = lib.filter (t: t != null) [
+    (config.bcm.storage.fast or null)
+    (config.bcm.storage.bulk or null)
+  ];
+  onTier = path: lib.any (t: path == t || lib.hasPrefix "${t}/" path) tiers;
+  tmpfilesOnTiers = lib.filter (
+    rule:
+    let
+      fields = lib.splitString " " rule;
+    in
+    lib.length fields > 1 && onTier (lib.elemAt fields 1)
+  ) config.systemd.tmpfiles.rules;
 
   # Each strict setting is kept, or replaced by the value of a named relaxation.
   allowedValues = key: [ hardening.strict.${key} ] ++ lib.concatMap (r: lib.optional (r ? ${key}) r.${key}) (lib.attrValues relaxations);
@@ -60,6 +93,9 @@ in
   (check "data directories are created for the unit's user, writable by it alone" (uncreated == [ ]) (
     lib.concatStringsSep ", " uncreated
   ))
+  (check "no tmpfiles rule creates a directory on a storage tier (it would run before the mount)" (
+    tmpfilesOnTiers == [ ]
+  ) (lib.concatStringsSep ", " tmpfilesOnTiers))
   (check "every unit uses the hardening library (${toString (lib.length (lib.attrNames units))} units)" (
     hardeningViolations == [ ]
   ) (lib.concatStringsSep ", " hardeningViolations))

@@ -44,7 +44,7 @@ lib.optionals cfg.enable [
   ) "a recipient, a target or keep is missing from ExecStart")
   (check "lnd-backups: local targets created 0700 for ${cfg.user} and guarded by their mounts" (
     lib.all (
-      t: lib.elem "d ${t} 0700 ${cfg.user} ${cfg.group} - -" config.systemd.tmpfiles.rules && lib.elem t unit.unitConfig.RequiresMountsFor
+      t: h.contains "lnd-backups-dirs" "ensure_dir ${t} 0700 ${cfg.user} ${cfg.group}" && lib.elem t unit.unitConfig.RequiresMountsFor
     ) local
   ) "a local target is not created or not guarded")
   (check "lnd-backups: ${if ssh == [ ] then "loopback only" else "SSH targets reachable, host keys pinned"}" (

@@ -66,12 +66,25 @@ lib.optionals cfg.enable (
     (check "lnd: its whitelist covers every RPC LND's bitcoind backend makes" (
       lib.subtractLists whitelisted required == [ ]
     ) "missing from rpcwhitelist=lnd: ${lib.concatStringsSep ", " (lib.subtractLists whitelisted required)}")
-    (check "lnd: wallet created and unlocked without interaction" (
+    (check "lnd: wallet created by lndinit before LND listens, unlocked from a file, no allow-create window" (
+      let
+        pre = lib.toList unit.serviceConfig.ExecStartPre;
+        initIndex = lib.lists.findFirstIndex (lib.hasSuffix "-lnd-init-wallet") null pre;
+      in
       h.hasLine conf "wallet-unlock-password-file=${cfg.walletPasswordFile}"
-      && h.hasLine conf "wallet-unlock-allow-create=true"
-      && h.contains "lnd-post-start" "/v1/initwallet"
+      && !(h.contains conf "wallet-unlock-allow-create")
+      && initIndex != null
+      # Not "+": the wallet and seed are made as the lnd user, under the unit's sandbox.
+      && !(lib.hasPrefix "+" (lib.elemAt pre initIndex))
+      && h.contains "lnd-init-wallet" "init-wallet"
+      && h.contains "lnd-init-wallet" "--init-file.output-wallet-dir=${cfg.networkDir}"
+      && !(h.contains "lnd-post-start" "initwallet")
       && config.bcm.lib.generatedSecrets.lnd-wallet-password.owner == cfg.user
-    ) "wallet password file, allow-create or initwallet step missing")
+    ) "the wallet is not made by lndinit before start, or LND still waits for a wallet to be created over its API")
+    (check "lnd: TLS certificate without interface autofill (netlink is refused)" (
+      h.hasLine conf "tlsdisableautofill=true"
+      || lib.elem "AF_NETLINK" (lib.toList unit.serviceConfig.RestrictAddressFamilies)
+    ) "LND lists the interfaces for its certificate but may not use netlink")
     (check "lnd: macaroons baked per consumer (${lib.concatStringsSep ", " (lib.attrNames cfg.macaroons)})" (
       lib.all (
         name: h.contains "lnd-post-start" "bakemacaroon --save_to=/run/lnd/${name}.macaroon" && h.contains "lnd-post-start" cfg.macaroons.${name}.path
