@@ -38,6 +38,7 @@ let
 
   settingsFormat = pkgs.formats.iniWithGlobalSection { listsAsDuplicateKeys = true; };
   rpcauthFile = "${secretsDir}/bitcoind-rpcauth.conf";
+  cliConfigRuntime = cfg.rpc.users.cli.passwordFile + ".conf";
 
   # Network-specific options (ports, binds, rpcauth whitelists) only take effect inside the
   # section of the active chain, so everything but `chain` and `includeconf` goes there.
@@ -50,12 +51,12 @@ let
     sections.${chain} = bcmLib.numericBools (bcmLib.withoutNulls cfg.settings);
   };
 
-  # bitcoin-cli for the operator: connection settings from the store, credentials from a file
-  # only the operator group can read.
+  # bitcoin-cli for the operator: connection settings from the store, completed on the host with
+  # the credentials into a file only the operator group can read (cliConfigRuntime).
+  # bitcoin-cli has no -includeconf (only bitcoind registers it), so the file must be whole.
   cliConfigFile = settingsFormat.generate "bitcoin-cli.conf" {
     globalSection = {
       inherit chain;
-      includeconf = cfg.rpc.users.cli.passwordFile + ".conf";
     };
     sections.${chain} = {
       rpcconnect = cfg.rpc.address;
@@ -267,7 +268,7 @@ in
       type = lib.types.package;
       readOnly = true;
       default = pkgs.writeShellScriptBin "bitcoin-cli" ''
-        exec ${cfg.package}/bin/bitcoin-cli -conf=${cliConfigFile} -datadir=/var/empty "$@"
+        exec ${cfg.package}/bin/bitcoin-cli -conf=${cliConfigRuntime} -datadir=/var/empty "$@"
       '';
       defaultText = lib.literalMD "a `bitcoin-cli` wrapper using the operator's RPC credentials";
       description = "`bitcoin-cli` wrapper for the operator.";
@@ -385,12 +386,14 @@ in
             };
             # Credentials for the operator's bitcoin-cli, included by its store config.
             bitcoind-cli-credentials = {
-              file = cfg.rpc.users.cli.passwordFile + ".conf";
+              file = cliConfigRuntime;
               owner = "root";
               group = config.bcm.lib.operatorGroup;
               mode = "0640";
               derived = true;
+              # The store file ends in the chain's section, where these lines then belong.
               script = ''
+                cat ${cliConfigFile}
                 echo "rpcuser=${cfg.rpc.users.cli.name}"
                 echo "rpcpassword=$(cat ${lib.escapeShellArg cfg.rpc.users.cli.passwordFile})"
               '';
