@@ -3,6 +3,10 @@
 # their store paths carry string context: the harness finds every file the modules render by
 # following that context and reads it back to check values and scan for secrets.
 # Package stand-ins have an all-zero hash and no context, so they are never mistaken for files.
+#
+# The writers and formats below produce the text nixpkgs' builders write (the files each one
+# mirrors are named next to it); what a builder checks at build time, the harness checks after
+# evaluation (`run` parses every shell script with bash -n).
 { lib }:
 let
   stubHash = "00000000000000000000000000000000";
@@ -20,102 +24,259 @@ let
     }
     // removeAttrs extra [ "mainProgram" ];
 
+  # pkgs/top-level/all-packages.nix: runtimeShell = "${bash}${bash.shellPath}".
+  bash = mkPackage "bash" { shellPath = "/bin/bash"; };
+  runtimeShell = "${bash.outPath}${bash.shellPath}";
+
   writeText = name: text: builtins.toFile name text;
 
-  writeShellScript = name: text: writeText name "#!/bin/sh\n${text}";
+  # pkgs/build-support/trivial-builders/default.nix. writeShellScript and writeShellScriptBin
+  # write "#!${runtimeShell}\n${text}\n" and run `bash -n -O extglob` on it (stdenv.shellDryRun)
+  # in their checkPhase; nixos-tests/eval/run does that for every rendered file starting with
+  # this shebang.
+  shellScriptText = text: "#!${runtimeShell}\n${text}\n";
 
-  mkBinPackage = name: file: {
-    type = "derivation";
-    inherit name;
-    outPath = file;
-    meta.mainProgram = name;
-  };
+  writeShellScript = name: text: writeText name (shellScriptText text);
 
-  writeShellScriptBin = name: text: mkBinPackage name (writeShellScript name text);
+  # Simplified: nixpkgs puts the script at $out/bin/<name>; builtins.toFile cannot make a
+  # directory, so the package's outPath is the script itself and lib.getExe appends /bin/<name>
+  # to it. The string context, which is what the harness follows, names the script.
+  mkScriptBin =
+    {
+      name,
+      binName,
+      text,
+    }:
+    {
+      type = "derivation";
+      inherit name;
+      outPath = writeText name text;
+      meta.mainProgram = binName;
+      # Only the derivation name is overridable (nixos/lib/systemd-lib.nix makeJobScript renames
+      # unit scripts to unit-script-<name>).
+      overrideAttrs =
+        f:
+        mkScriptBin {
+          inherit binName text;
+          name = (f { inherit name; }).name or name;
+        };
+    };
 
+  writeShellScriptBin =
+    name: text:
+    mkScriptBin {
+      inherit name;
+      binName = name;
+      text = shellScriptText text;
+    };
+
+  # trivial-builders/default.nix writeShellApplication: set -o for each bashOptions entry,
+  # runtimeEnv exported, PATH from runtimeInputs, then the text; its checkPhase runs bash -n.
+  # shellcheck is not modelled: in nixpkgs' trivial-builders (the stored revision 00ee9b64)
+  # it runs only as passthru.tests.shellcheck, which building a system does not run, and no
+  # bcm module calls writeShellApplication (unit scripts use it only with
+  # enableStrictShellChecks, which the skeleton does not offer).
   writeShellApplication =
     {
       name,
       text,
       runtimeInputs ? [ ],
+      runtimeEnv ? null,
+      bashOptions ? [
+        "errexit"
+        "nounset"
+        "pipefail"
+      ],
+      inheritPath ? true,
       ...
     }:
-    writeShellScriptBin name ''
-      export PATH=${lib.makeBinPath runtimeInputs}:$PATH
-      ${text}
-    '';
+    mkScriptBin {
+      inherit name;
+      binName = name;
+      text =
+        "#!${runtimeShell}\n"
+        + lib.concatMapStringsSep "\n" (option: "set -o ${option}") bashOptions
+        + "\n"
+        + lib.optionalString (runtimeEnv != null) (
+          lib.concatStrings (lib.mapAttrsToList (n: v: "${lib.toShellVar n v}\nexport ${n}\n") runtimeEnv)
+        )
+        + lib.optionalString (runtimeInputs != [ ]) (
+          "\nexport PATH=\"${lib.makeBinPath runtimeInputs}${lib.optionalString inheritPath ":$PATH"}\"\n"
+        )
+        + "\n${text}\n";
+    };
 
-  atom = lib.types.oneOf [
-    lib.types.bool
-    lib.types.int
-    lib.types.float
-    lib.types.str
-    lib.types.path
-  ];
-  atomOrList = lib.types.nullOr (lib.types.either atom (lib.types.listOf atom));
+  # pkgs/pkgs-lib/formats.nix (stored revision 001740f0). The types are nixpkgs' atoms, so a
+  # value nixpkgs would reject (a path, a nested set) is rejected here too.
+  singleAtom = lib.types.nullOr (
+    lib.types.oneOf [
+      lib.types.bool
+      lib.types.int
+      lib.types.float
+      lib.types.str
+    ]
+  );
+  # keyValue: listsAsDuplicateKeys coerces single values to lists; listToValue accepts a
+  # non-empty list.
+  keyValueAtom =
+    {
+      listsAsDuplicateKeys,
+      listToValue,
+    }:
+    if listsAsDuplicateKeys then
+      lib.types.coercedTo singleAtom lib.lists.singleton (lib.types.listOf singleAtom)
+    else if listToValue != null then
+      lib.types.coercedTo singleAtom lib.lists.singleton (lib.types.nonEmptyListOf singleAtom)
+    else
+      singleAtom;
+  # ini/iniWithGlobalSection: without atomsCoercedToLists, a single value stays a single value.
+  iniAtom =
+    {
+      listsAsDuplicateKeys,
+      listToValue,
+      atomsCoercedToLists,
+    }:
+    let
+      singleOr = if atomsCoercedToLists then lib.types.coercedTo singleAtom lib.lists.singleton else lib.types.either singleAtom;
+    in
+    if listsAsDuplicateKeys then
+      singleOr (lib.types.listOf singleAtom)
+    else if listToValue != null then
+      singleOr (lib.types.nonEmptyListOf singleAtom)
+    else
+      singleAtom;
+  listsToValues =
+    listToValue:
+    if listToValue != null then lib.mapAttrs (_: v: if lib.isList v then listToValue v else v) else lib.id;
+
+  # pkgs/pkgs-lib/formats/java-properties/default.nix renders with jq and iconv: a "# " comment
+  # line per line of `comment`, an empty line, then "key = value" per entry in key order, with
+  # \ # ! tab CR and newlines escaped in keys and values, spaces and = also in keys, and a space
+  # opening a value (or one of its continuation lines) escaped.
+  javaPropertiesText =
+    comment: value:
+    let
+      trim = s: lib.head (builtins.match "[ \t]*(.*[^ \t]|)[ \t]*" s);
+      header = lib.concatMapStrings (line: "# ${trim line}\n") (lib.splitString "\n" comment) + "\n";
+      common = lib.replaceStrings [ "\\" "\n" "#" "!" "\t" "\r" ] [ "\\\\" "\\n\\\n" "\\#" "\\!" "\\t" "\\r" ];
+      escapeKey = key: lib.replaceStrings [ " " "=" ] [ "\\ " "\\=" ] (common key);
+      escapeValue =
+        v:
+        lib.concatStringsSep "\n" (map (line: if lib.hasPrefix " " line then "\\${line}" else line) (lib.splitString "\n" (common v)));
+      # Simplified: iconv turns characters beyond ASCII into \uXXXX escapes; the stand-in
+      # refuses them rather than guess the escape.
+      ascii =
+        s:
+        if builtins.match "[ -~\t\n\r]*" s != null then
+          s
+        else
+          throw "formats.javaProperties stand-in: non-ASCII text in ${builtins.toJSON s} is not modelled (nixpkgs escapes it with iconv)";
+    in
+    header + lib.concatStrings (lib.mapAttrsToList (k: v: "${escapeKey (ascii k)} = ${escapeValue (ascii v)}\n") value);
 
   formats = {
     keyValue =
       {
-        mkKeyValue ? lib.generators.mkKeyValueDefault { } "=",
         listsAsDuplicateKeys ? false,
+        listToValue ? null,
         ...
-      }:
+      }@args:
+      assert listsAsDuplicateKeys -> listToValue == null;
       {
-        type = lib.types.attrsOf atomOrList;
-        generate = name: value: writeText name (lib.generators.toKeyValue { inherit mkKeyValue listsAsDuplicateKeys; } value);
+        type = lib.types.attrsOf (keyValueAtom { inherit listsAsDuplicateKeys listToValue; });
+        generate =
+          name: value:
+          writeText name (lib.generators.toKeyValue (removeAttrs args [ "listToValue" ]) (listsToValues listToValue value));
       };
 
     ini =
       {
         listsAsDuplicateKeys ? false,
+        listToValue ? null,
+        atomsCoercedToLists ? null,
         ...
       }@args:
+      let
+        atom = iniAtom {
+          inherit listsAsDuplicateKeys listToValue;
+          atomsCoercedToLists = if atomsCoercedToLists == null then false else atomsCoercedToLists;
+        };
+      in
       {
-        type = lib.types.attrsOf (lib.types.attrsOf atomOrList);
+        type = lib.types.attrsOf (lib.types.attrsOf atom);
         generate =
           name: value:
           writeText name (
             lib.generators.toINI (removeAttrs args [
               "listToValue"
               "atomsCoercedToLists"
-            ]) value
+            ]) (lib.mapAttrs (_: listsToValues listToValue) value)
           );
       };
 
     iniWithGlobalSection =
       {
         listsAsDuplicateKeys ? false,
+        listToValue ? null,
+        atomsCoercedToLists ? null,
         ...
       }@args:
+      let
+        atom = iniAtom {
+          inherit listsAsDuplicateKeys listToValue;
+          atomsCoercedToLists = if atomsCoercedToLists == null then false else atomsCoercedToLists;
+        };
+      in
       {
         type = lib.types.submodule {
           options.globalSection = lib.mkOption {
-            type = lib.types.attrsOf atomOrList;
+            type = lib.types.attrsOf atom;
             default = { };
           };
           options.sections = lib.mkOption {
-            type = lib.types.attrsOf (lib.types.attrsOf atomOrList);
+            type = lib.types.attrsOf (lib.types.attrsOf atom);
             default = { };
           };
         };
         generate =
-          name: value:
+          name:
+          {
+            sections ? { },
+            globalSection ? { },
+            ...
+          }:
           writeText name (
-            lib.generators.toINIWithGlobalSection (removeAttrs args [
-              "listToValue"
-              "atomsCoercedToLists"
-            ]) value
+            lib.generators.toINIWithGlobalSection
+              (removeAttrs args [
+                "listToValue"
+                "atomsCoercedToLists"
+              ])
+              {
+                globalSection = listsToValues listToValue globalSection;
+                sections = lib.mapAttrs (_: listsToValues listToValue) sections;
+              }
           );
       };
 
     javaProperties =
-      { ... }:
       {
-        type = lib.types.attrsOf lib.types.str;
-        generate = name: value: writeText name (lib.generators.toKeyValue { } value);
+        comment ? "Generated with Nix",
+        boolToString ? lib.boolToString,
+      }:
+      {
+        type = lib.types.attrsOf (
+          lib.types.oneOf [
+            (lib.types.coercedTo lib.types.package toString lib.types.str)
+            (lib.types.coercedTo lib.types.bool boolToString lib.types.str)
+            (lib.types.coercedTo lib.types.int toString lib.types.str)
+            (lib.types.coercedTo lib.types.float toString lib.types.str)
+          ]
+        );
+        generate = name: value: writeText name (javaPropertiesText comment value);
       };
 
+    # Simplified: nixpkgs pretty-prints with jq and types values as JSON values; no bcm module
+    # uses it.
     json =
       { }:
       {
@@ -134,6 +295,8 @@ in
     writeShellApplication
     formats
     jre
+    bash
+    runtimeShell
     ;
   writeScript = name: text: writeText name text;
   system = "x86_64-linux";
@@ -148,12 +311,12 @@ in
   tor = mkPackage "tor" { };
   apacheKafka = mkPackage "apache-kafka" { passthru.jre = jre; };
   coreutils = mkPackage "coreutils" { mainProgram = "ls"; };
+  findutils = mkPackage "findutils" { mainProgram = "find"; };
   openssl = mkPackage "openssl" { };
   age = mkPackage "age" { };
   jq = mkPackage "jq" { };
   curl = mkPackage "curl" { };
   systemd = mkPackage "systemd" { mainProgram = "systemctl"; };
-  bash = mkPackage "bash" { };
   gnugrep = mkPackage "gnugrep" { mainProgram = "grep"; };
   gnused = mkPackage "gnused" { mainProgram = "sed"; };
   util-linux = mkPackage "util-linux" { mainProgram = "runuser"; };

@@ -1,109 +1,272 @@
-# The NixOS options the bcm modules and the generated hosts set, declared with nixpkgs' names
-# and (simplified) types, so the modules evaluate without nixpkgs' module tree. Keep it small:
-# an option missing here is an option the harness cannot check, and a typo in a module shows
-# up as "option does not exist" just as it would on NixOS.
-{ lib, ... }:
+# The NixOS options the bcm modules and the generated hosts set, declared with nixpkgs' names,
+# types, defaults and the checks nixpkgs makes on them, so the modules evaluate without
+# nixpkgs' module tree and fail here where they would fail on NixOS. Keep it small: an option
+# missing here is an option the harness cannot check, and a typo in a module shows up as
+# "option does not exist" just as it would on NixOS.
+#
+# Each declaration names the nixpkgs file it mirrors, and says "simplified:" where it is
+# deliberately narrower. The facts come from NixOS/nixpkgs; the code is this project's own.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
 let
   inherit (lib) mkOption types;
 
-  # nixpkgs' systemd unit option type: lists concatenate, other values must agree.
+  # --- systemd units --------------------------------------------------------------------------
+
+  # nixos/lib/systemd-lib.nix: unitNameType.
+  unitNameType = types.strMatching "[a-zA-Z0-9@%:_.\\-]+[.](service|socket|device|mount|automount|swap|target|path|timer|scope|slice)";
+
+  # nixos/lib/systemd-unit-options.nix: unitOption. Once overrides are filtered, definitions of
+  # which any is a list are concatenated (a lone value counting as a one-element list); other
+  # values must all be equal.
   unitOption = types.mkOptionType {
     name = "systemd option";
     merge =
       loc: defs:
       let
-        defs' = lib.filterOverrides defs;
+        kept = lib.filterOverrides defs;
       in
-      if lib.any (def: lib.isList def.value) defs' then
-        lib.concatMap (def: lib.toList def.value) defs'
+      if lib.any (def: lib.isList def.value) kept then
+        lib.concatMap (def: lib.toList def.value) kept
       else
-        lib.mergeEqualOption loc defs';
+        lib.mergeEqualOption loc kept;
   };
 
-  strList = mkOption {
-    type = types.listOf types.str;
+  # nixos/lib/systemd-lib.nix: assertValueOneOf and checkUnitConfig. The check sees each
+  # definition before merging, so a value may still be an mkIf or mkOverride wrapper; nixpkgs
+  # looks through one level of either. Failures are traced and the definition is rejected.
+  valueOneOf =
+    key: allowed: group: attrs:
+    lib.optional (
+      attrs ? ${key} && !lib.elem attrs.${key} allowed
+    ) "Systemd ${group} field `${key}' cannot have value `${toString attrs.${key}}'.";
+  unitConfigCheck =
+    group: checks: attrs:
+    let
+      unwrapped = lib.mapAttrs (
+        _: v:
+        if lib.elem (v._type or "") [
+          "override"
+          "if"
+        ] then
+          v.content
+        else
+          v
+      ) attrs;
+      errors = lib.concatMap (check: check group unwrapped) checks;
+    in
+    errors == [ ] || builtins.trace (lib.concatStringsSep "\n" errors) false;
+
+  # nixos/lib/systemd-unit-options.nix: checkService. nixpkgs has no such check on unitConfig.
+  serviceCheck = unitConfigCheck "Service" [
+    (valueOneOf "Type" [
+      "exec"
+      "simple"
+      "forking"
+      "oneshot"
+      "dbus"
+      "notify"
+      "notify-reload"
+      "idle"
+    ])
+    (valueOneOf "Restart" [
+      "no"
+      "on-success"
+      "on-failure"
+      "on-abnormal"
+      "on-abort"
+      "always"
+    ])
+  ];
+
+  # nixos/lib/systemd-lib.nix: makeJobScript, as built when enableStrictShellChecks is off
+  # (simplified: the skeleton offers no systemd.enableStrictShellChecks, nixpkgs' default is
+  # off). The script is a writeShellScriptBin, so `run` parses it with bash -n like the others.
+  jobScript =
+    name: text:
+    let
+      scriptName = lib.replaceStrings [ "\\" "@" ] [ "-" "_" ] (lib.replaceStrings [ "\\" ] [ "\\\\" ] name);
+      package = (pkgs.writeShellScriptBin scriptName "set -e\n\n${text}\n").overrideAttrs (_: {
+        name = "unit-script-${scriptName}";
+      });
+    in
+    lib.getExe package;
+
+  unitList = mkOption {
+    type = types.listOf unitNameType;
     default = [ ];
   };
-  lines = mkOption {
+  scriptText = mkOption {
     type = types.lines;
     default = "";
   };
 
-  serviceOptions = {
-    options = {
-      enable = mkOption {
-        type = types.bool;
-        default = true;
-      };
-      description = mkOption {
-        type = types.str;
-        default = "";
-      };
-      wantedBy = strList;
-      requiredBy = strList;
-      wants = strList;
-      requires = strList;
-      bindsTo = strList;
-      partOf = strList;
-      upholds = strList;
-      after = strList;
-      before = strList;
-      conflicts = strList;
-      unitConfig = mkOption {
-        type = types.attrsOf unitOption;
-        default = { };
-      };
-      serviceConfig = mkOption {
-        type = types.attrsOf unitOption;
-        default = { };
-      };
-      environment = mkOption {
-        type = types.attrsOf (
-          types.nullOr (
+  # nixos/lib/systemd-types.nix: services = attrsOf (submodule [ stage2ServiceOptions unitConfig
+  # stage2ServiceConfig ]). Options from nixos/lib/systemd-unit-options.nix (sharedOptions,
+  # commonUnitOptions, stage2CommonUnitOptions, serviceOptions, stage2ServiceOptions);
+  # simplified: only those the bcm modules set or the harness reads.
+  serviceModule =
+    { name, config, ... }:
+    {
+      options = {
+        enable = mkOption {
+          type = types.bool;
+          default = true;
+        };
+        description = mkOption {
+          type = types.singleLineStr;
+          default = "";
+        };
+        wantedBy = unitList;
+        requiredBy = unitList;
+        wants = unitList;
+        requires = unitList;
+        bindsTo = unitList;
+        partOf = unitList;
+        upholds = unitList;
+        after = unitList;
+        before = unitList;
+        conflicts = unitList;
+        unitConfig = mkOption {
+          type = types.attrsOf unitOption;
+          default = { };
+        };
+        restartTriggers = mkOption {
+          type = types.listOf types.unspecified;
+          default = [ ];
+        };
+        reloadTriggers = mkOption {
+          type = types.listOf unitOption;
+          default = [ ];
+        };
+        environment = mkOption {
+          type = types.attrsOf (
+            types.nullOr (
+              types.oneOf [
+                types.str
+                types.path
+                types.package
+              ]
+            )
+          );
+          default = { };
+        };
+        path = mkOption {
+          type = types.listOf (
             types.oneOf [
-              types.str
-              types.path
               types.package
+              types.str
             ]
-          )
-        );
-        default = { };
+          );
+          default = [ ];
+        };
+        serviceConfig = mkOption {
+          type = types.addCheck (types.attrsOf unitOption) serviceCheck;
+          default = { };
+        };
+        script = scriptText;
+        scriptArgs = mkOption {
+          type = types.str;
+          default = "";
+        };
+        preStart = scriptText;
+        postStart = scriptText;
+        preStop = scriptText;
+        postStop = scriptText;
+        restartIfChanged = mkOption {
+          type = types.bool;
+          default = true;
+        };
+        startAt = mkOption {
+          type = types.either types.str (types.listOf types.str);
+          default = [ ];
+          apply = lib.toList;
+        };
       };
-      path = mkOption {
-        type = types.listOf (types.either types.package types.str);
-        default = [ ];
-      };
-      script = lines;
-      preStart = lines;
-      postStart = lines;
-      preStop = lines;
-      postStop = lines;
-      restartTriggers = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
-      };
-      reloadTriggers = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
-      };
-      restartIfChanged = mkOption {
-        type = types.bool;
-        default = true;
-      };
-      startAt = mkOption {
-        type = types.either types.str (types.listOf types.str);
-        default = [ ];
-      };
-    };
-  };
 
-  userOptions =
-    { name, ... }:
+      config = lib.mkMerge [
+        # systemd-unit-options.nix serviceOptions: each script becomes the matching Exec* line.
+        (lib.mkIf (config.preStart != "") { serviceConfig.ExecStartPre = [ (jobScript "${name}-pre-start" config.preStart) ]; })
+        (lib.mkIf (config.script != "") {
+          serviceConfig.ExecStart = jobScript "${name}-start" config.script + " " + config.scriptArgs;
+        })
+        (lib.mkIf (config.postStart != "") {
+          serviceConfig.ExecStartPost = [ (jobScript "${name}-post-start" config.postStart) ];
+        })
+        (lib.mkIf (config.preStop != "") { serviceConfig.ExecStop = jobScript "${name}-pre-stop" config.preStop; })
+        (lib.mkIf (config.postStop != "") { serviceConfig.ExecStopPost = jobScript "${name}-post-stop" config.postStop; })
+
+        # systemd-lib.nix unitConfig: the dependency lists and description become [Unit] keys,
+        # so a module that also sets one of those keys directly conflicts as on NixOS.
+        {
+          unitConfig =
+            let
+              joined = key: list: lib.optionalAttrs (list != [ ]) { ${key} = toString list; };
+              triggers =
+                key: list:
+                lib.optionalAttrs (list != [ ]) {
+                  ${key} = "${pkgs.writeText "${key}-${name}" (
+                    toString (map (x: if lib.isPath x then "${x}" else x) (lib.flatten list))
+                  )}";
+                };
+            in
+            joined "Requires" config.requires
+            // joined "Wants" config.wants
+            // joined "Upholds" config.upholds
+            // joined "After" config.after
+            // joined "Before" config.before
+            // joined "BindsTo" config.bindsTo
+            // joined "PartOf" config.partOf
+            // joined "Conflicts" config.conflicts
+            // triggers "X-Restart-Triggers" config.restartTriggers
+            // triggers "X-Reload-Triggers" config.reloadTriggers
+            // lib.optionalAttrs (config.description != "") { Description = config.description; };
+        }
+
+        # systemd-lib.nix serviceConfig and stage2ServiceConfig: a minimal default PATH.
+        {
+          environment.PATH = lib.mkIf (
+            config.path != [ ]
+          ) "${lib.makeBinPath config.path}:${lib.makeSearchPathOutput "bin" "sbin" config.path}";
+          path = lib.mkAfter [
+            pkgs.coreutils
+            pkgs.findutils
+            pkgs.gnugrep
+            pkgs.gnused
+            pkgs.systemd
+          ];
+        }
+      ];
+    };
+
+  # --- users and groups -----------------------------------------------------------------------
+
+  nameLengthChecked =
+    what: x:
+    assert (lib.stringLength x < 32 || abort "${what} '${x}' is longer than 31 characters which is not allowed!");
+    x;
+
+  # nixos/modules/config/users-groups.nix: userOpts; simplified: no passwords, shells, linger,
+  # subordinate ids or `enable` (every user counts as enabled).
+  userModule =
+    { name, config, ... }:
     {
       options = {
         name = mkOption {
-          type = types.str;
-          default = name;
+          type = types.passwdEntry types.str;
+          apply = nameLengthChecked "Username";
+        };
+        description = mkOption {
+          type = types.passwdEntry types.str;
+          default = "";
+        };
+        uid = mkOption {
+          type = types.nullOr types.int;
+          default = null;
         };
         isSystemUser = mkOption {
           type = types.bool;
@@ -115,106 +278,269 @@ let
         };
         group = mkOption {
           type = types.str;
+          apply = nameLengthChecked "Group name";
           default = "";
         };
-        extraGroups = strList;
-        description = mkOption {
-          type = types.str;
-          default = "";
+        extraGroups = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
         };
         home = mkOption {
-          type = types.str;
+          type = types.passwdEntry types.path;
           default = "/var/empty";
         };
         createHome = mkOption {
           type = types.bool;
           default = false;
         };
-        uid = mkOption {
-          type = types.nullOr types.int;
-          default = null;
-        };
-        openssh.authorizedKeys.keys = strList;
         packages = mkOption {
           type = types.listOf types.package;
           default = [ ];
         };
+        # nixos/modules/services/networking/ssh/sshd.nix adds this to every user (its stored
+        # revision 00976b19 types the keys listOf str).
+        openssh.authorizedKeys.keys = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+      };
+      config = lib.mkMerge [
+        { name = lib.mkDefault name; }
+        # users-groups.nix: what isNormalUser implies (users.defaultUserHome is /home).
+        (lib.mkIf config.isNormalUser {
+          group = lib.mkDefault "users";
+          createHome = lib.mkDefault true;
+          home = lib.mkDefault "/home/${config.name}";
+          isSystemUser = lib.mkDefault false;
+        })
+      ];
+    };
+
+  # nixos/modules/config/users-groups.nix: groupOpts. Members are every user naming the group
+  # in extraGroups.
+  groupModule =
+    { name, config, ... }:
+    {
+      options = {
+        name = mkOption { type = types.passwdEntry types.str; };
+        gid = mkOption {
+          type = types.nullOr types.int;
+          default = null;
+        };
+        members = mkOption {
+          type = types.listOf (types.passwdEntry types.str);
+          default = [ ];
+        };
+      };
+      config = {
+        name = lib.mkDefault name;
+        members = lib.mapAttrsToList (_: user: user.name) (
+          lib.filterAttrs (_: user: lib.elem config.name user.extraGroups) usersCfg.users
+        );
       };
     };
+
+  usersCfg = config.users;
+
+  # users-groups.nix idsAreUnique, without its trace of the duplicate.
+  idsUnique =
+    set: attr:
+    let
+      ids = lib.mapAttrsToList (_: entry: toString entry.${attr}) (lib.filterAttrs (_: entry: entry.${attr} != null) set);
+    in
+    lib.length ids == lib.length (lib.unique ids);
+
+  userAssertions = lib.concatLists (
+    lib.mapAttrsToList (
+      _: user:
+      let
+        # shadow's is_valid_name, as users-groups.nix spells it.
+        nameRegex = "[a-zA-Z0-9_.][a-zA-Z0-9_.-]*";
+        effectivelySystem = user.isSystemUser || (user.uid != null && user.uid < 1000 && !user.isNormalUser);
+      in
+      [
+        {
+          assertion = builtins.match nameRegex user.name != null;
+          message = "The username \"${user.name}\" is not valid, it does not match the regex \"${nameRegex}\".";
+        }
+        {
+          assertion = user.isNormalUser && user.uid != null -> user.uid >= 1000;
+          message = "A user cannot have a users.users.${user.name}.uid set below 1000 and set users.users.${user.name}.isNormalUser.";
+        }
+        {
+          assertion = lib.xor effectivelySystem user.isNormalUser;
+          message = "Exactly one of users.users.${user.name}.isSystemUser and users.users.${user.name}.isNormalUser must be set.";
+        }
+        {
+          assertion = user.group != "";
+          message = "users.users.${user.name}.group is unset. This used to default to nogroup, but this is unsafe.";
+        }
+      ]
+    ) usersCfg.users
+  );
+
+  groupNames = lib.mapAttrsToList (_: group: group.name) usersCfg.groups;
+  usersWithoutGroup = lib.filterAttrs (_: user: user.group != "" && !lib.elem user.group groupNames) usersCfg.users;
+
+  # --- file systems ---------------------------------------------------------------------------
+
+  # nixos/modules/tasks/filesystems.nix: its own non-empty string checks.
+  nonBlank = s: builtins.match "[ \t\n]*" s == null;
+  fsNonEmptyStr = types.addCheck types.str nonBlank // {
+    description = "string (with check: non-empty)";
+  };
+  fsPath = types.addCheck types.str (s: nonBlank s && builtins.match ".+/" s == null) // {
+    description = "string (with check: non-empty without trailing slash)";
+  };
+
+  # nixos/lib/utils.nix: pathsNeededForBoot and fsNeededForBoot.
+  pathsNeededForBoot = [
+    "/"
+    "/nix"
+    "/nix/store"
+    "/var"
+    "/var/log"
+    "/var/lib"
+    "/var/lib/nixos"
+    "/etc"
+    "/usr"
+  ];
+  neededForBoot = fs: fs.neededForBoot || lib.elem fs.mountPoint pathsNeededForBoot;
+
+  # nixos/modules/tasks/filesystems.nix: coreFileSystemOpts and fileSystemOpts, with
+  # neededForBoot from nixos/modules/system/boot/stage-1.nix; simplified: no enable, label,
+  # autoResize, stratis or overlay options.
+  fileSystemModule =
+    { name, config, ... }:
+    {
+      options = {
+        mountPoint = mkOption {
+          type = fsPath;
+          default = name;
+        };
+        device = mkOption {
+          type = types.nullOr fsNonEmptyStr;
+          default = null;
+        };
+        fsType = mkOption {
+          type = fsNonEmptyStr;
+          default = "auto";
+        };
+        options = mkOption {
+          type = types.nonEmptyListOf fsNonEmptyStr;
+          default = [ "defaults" ];
+        };
+        depends = mkOption {
+          type = types.listOf fsPath;
+          default = [ ];
+        };
+        autoFormat = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        noCheck = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        neededForBoot = mkOption {
+          type = types.bool;
+          default = false;
+        };
+      };
+      # These definitions replace the ["defaults"] default whenever one applies, as in nixpkgs.
+      # Simplified: `depends` of a file system mounted in the initrd is not modelled (nixpkgs
+      # then needs the systemd initrd and prefixes /sysroot).
+      config.options = lib.mkMerge [
+        (lib.mkIf config.autoFormat [ "x-systemd.makefs" ])
+        (lib.mkIf (neededForBoot config) [ "x-initrd.mount" ])
+        (lib.mkIf (config.depends != [ ] && !neededForBoot config) (
+          map (path: "x-systemd.requires-mounts-for=${path}") config.depends
+        ))
+      ];
+    };
+
+  # --- activation scripts ---------------------------------------------------------------------
+
+  # nixos/modules/system/activation/activation-script.nix: scriptType true.
+  activationScriptType = types.either types.str (
+    types.submodule {
+      options.deps = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      options.text = mkOption { type = types.lines; };
+      options.supportsDryActivation = mkOption {
+        type = types.bool;
+        default = false;
+      };
+    }
+  );
+  activationDeps = script: if lib.isString script then [ ] else script.deps;
+  missingActivationDeps = lib.concatLists (
+    lib.mapAttrsToList (
+      name: script: map (dep: { inherit name dep; }) (lib.filter (dep: !(config.system.activationScripts ? ${dep})) (activationDeps script))
+    ) config.system.activationScripts
+  );
 in
 {
   options = {
+    # nixos/modules/misc/assertions.nix.
     assertions = mkOption {
       type = types.listOf types.unspecified;
       default = [ ];
     };
-    warnings = strList;
+    warnings = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
 
+    # nixos/modules/system/boot/systemd.nix (type from nixos/lib/systemd-types.nix).
     systemd.services = mkOption {
-      type = types.attrsOf (types.submodule serviceOptions);
+      type = types.attrsOf (types.submodule serviceModule);
       default = { };
     };
-    systemd.tmpfiles.rules = strList;
+    # nixos/modules/system/boot/systemd/tmpfiles.nix.
+    systemd.tmpfiles.rules = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
 
+    # nixos/modules/config/users-groups.nix.
     users.users = mkOption {
-      type = types.attrsOf (types.submodule userOptions);
+      type = types.attrsOf (types.submodule userModule);
       default = { };
     };
     users.groups = mkOption {
-      type = types.attrsOf (
-        types.submodule (
-          { name, ... }:
-          {
-            options.name = mkOption {
-              type = types.str;
-              default = name;
-            };
-            options.gid = mkOption {
-              type = types.nullOr types.int;
-              default = null;
-            };
-            options.members = strList;
-          }
-        )
-      );
+      type = types.attrsOf (types.submodule groupModule);
       default = { };
     };
+    users.enforceIdUniqueness = mkOption {
+      type = types.bool;
+      default = true;
+    };
 
+    # nixos/modules/misc/ids.nix: the fixed uids and gids NixOS hands out.
+    ids.uids = mkOption {
+      internal = true;
+      type = types.attrsOf types.int;
+    };
+    ids.gids = mkOption {
+      internal = true;
+      type = types.attrsOf types.int;
+    };
+
+    # nixos/modules/tasks/filesystems.nix.
     fileSystems = mkOption {
-      type = types.attrsOf (
-        types.submodule (
-          { name, ... }:
-          {
-            options.mountPoint = mkOption {
-              type = types.str;
-              default = name;
-            };
-            options.device = mkOption {
-              type = types.nullOr types.str;
-              default = null;
-            };
-            options.fsType = mkOption {
-              type = types.str;
-              default = "auto";
-            };
-            options.options = mkOption {
-              type = types.nonEmptyListOf types.str;
-              default = [ "defaults" ];
-            };
-            options.neededForBoot = mkOption {
-              type = types.bool;
-              default = false;
-            };
-          }
-        )
-      );
+      type = types.attrsOf (types.submodule fileSystemModule);
       default = { };
     };
 
+    # nixos/modules/tasks/network-interfaces.nix.
     networking.hostName = mkOption {
       type = types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$";
       default = "nixos";
     };
+    # nixos/modules/services/networking/firewall.nix; simplified: no port-list canonicalisation.
     networking.firewall.enable = mkOption {
       type = types.bool;
       default = true;
@@ -224,12 +550,13 @@ in
       default = [ ];
     };
 
+    # nixos/modules/services/networking/ssh/sshd.nix.
     services.openssh.enable = mkOption {
       type = types.bool;
       default = false;
     };
-    # Free-form like nixpkgs' (sshd_config keys), with the keys bcm sets typed as nixpkgs types
-    # them, so a misspelt PermitRootLogin value fails here as it would on NixOS.
+    # sshd.nix: free-form (sshd_config keys), with the keys bcm sets typed as nixpkgs types them,
+    # so a misspelt PermitRootLogin value fails here as it would on NixOS.
     services.openssh.settings = mkOption {
       type = types.submodule {
         freeformType = types.attrsOf types.anything;
@@ -257,41 +584,112 @@ in
       default = { };
     };
 
+    # nixos/modules/services/security/tor.nix (mkEnableOption); only the switch, so a module can
+    # refuse to run next to nixpkgs' Tor service.
+    services.tor.enable = mkOption {
+      type = types.bool;
+      default = false;
+    };
+
+    # nixos/modules/system/boot/loader/systemd-boot/systemd-boot.nix.
     boot.loader.systemd-boot.enable = mkOption {
       type = types.bool;
       default = false;
     };
+    # nixos/modules/system/boot/loader/efi.nix.
     boot.loader.efi.canTouchEfiVariables = mkOption {
       type = types.bool;
       default = false;
     };
 
+    # nixos/modules/config/system-path.nix.
     environment.systemPackages = mkOption {
       type = types.listOf types.package;
       default = [ ];
     };
 
+    # nixos/modules/misc/nixpkgs.nix; simplified: not elaborated into a platform.
     nixpkgs.hostPlatform = mkOption {
       type = types.either types.str (types.attrsOf types.anything);
     };
+    # nixos/modules/misc/version.nix; simplified: no default.
     system.stateVersion = mkOption {
       type = types.str;
     };
-    # nixpkgs accepts a plain script or { text; deps; supportsDryActivation; }.
+    # nixos/modules/system/activation/activation-script.nix; simplified: the assembled
+    # `script` nixpkgs adds in `apply` is not built.
     system.activationScripts = mkOption {
-      type = types.attrsOf (
-        types.either types.str (
-          types.submodule {
-            options.text = mkOption { type = types.lines; };
-            options.deps = strList;
-            options.supportsDryActivation = mkOption {
-              type = types.bool;
-              default = false;
-            };
-          }
-        )
-      );
+      type = types.attrsOf activationScriptType;
       default = { };
     };
+  };
+
+  config = {
+    # ids.nix values for the accounts defined below and for Tor (nixpkgs' own tor module uses
+    # them); simplified: nixpkgs lists a few hundred.
+    ids.uids = {
+      root = 0;
+      tor = 35;
+      nobody = 65534;
+    };
+    ids.gids = {
+      root = 0;
+      wheel = 1;
+      tor = 35;
+      users = 100;
+      nogroup = 65534;
+    };
+
+    # users-groups.nix defines these accounts on every system; simplified: of its built-in
+    # groups, only those a user here can name as primary group (root, nogroup, users) and wheel.
+    users.users.root = {
+      uid = config.ids.uids.root;
+      description = "System administrator";
+      home = "/root";
+      group = "root";
+    };
+    users.users.nobody = {
+      uid = config.ids.uids.nobody;
+      isSystemUser = true;
+      description = "Unprivileged account (don't use!)";
+      group = "nogroup";
+    };
+    users.groups = {
+      root.gid = config.ids.gids.root;
+      wheel.gid = config.ids.gids.wheel;
+      nogroup.gid = config.ids.gids.nogroup;
+      users.gid = config.ids.gids.users;
+    };
+
+    # Snippets nixpkgs always defines that bcm snippets list in `deps`: users and groups
+    # (users-groups.nix), specialfs (activation-script.nix). Simplified: their text is left out;
+    # only their names matter here.
+    system.activationScripts = {
+      users = "";
+      groups = {
+        deps = [ "users" ];
+        text = "";
+      };
+      specialfs = "";
+    };
+
+    assertions = [
+      # users-groups.nix.
+      {
+        assertion = !usersCfg.enforceIdUniqueness || (idsUnique usersCfg.users "uid" && idsUnique usersCfg.groups "gid");
+        message = "UIDs and GIDs must be unique!";
+      }
+      {
+        assertion = usersWithoutGroup == { };
+        message = "The following users have a primary group that is undefined: ${lib.concatStringsSep " " (lib.attrNames usersWithoutGroup)}";
+      }
+    ]
+    ++ userAssertions
+    # activation-script.nix builds the activation script with lib.textClosureMap, which stops
+    # evaluation at a dep naming no snippet; the skeleton reports it as an assertion instead.
+    ++ map (missing: {
+      assertion = false;
+      message = "system.activationScripts.${missing.name}.deps names `${missing.dep}', which no activation script defines.";
+    }) missingActivationDeps;
   };
 }

@@ -12,20 +12,22 @@ let
   conf = "server.properties";
   unit = config.systemd.services.kafka;
   topicsScript = "kafka-create-topics";
+  # formats.javaProperties writes "key = value" lines (after a comment header), as nixpkgs does.
+  property = key: value: h.hasLine conf "${key} = ${value}";
 in
 lib.optionals cfg.enable (
   [
     (check "kafka: single-node KRaft" (
-      h.hasLine conf "process.roles=broker,controller" && h.hasLine conf "node.id=1" && h.contains "kafka-prepare" "kafka-storage.sh format"
+      property "process.roles" "broker,controller" && property "node.id" "1" && h.contains "kafka-prepare" "kafka-storage.sh format"
     ) "KRaft settings or format step missing")
     (check "kafka: logs on ${cfg.dataDir}${lib.optionalString (h.isDefault options.bcm.kafka.dataDir) " (fast tier)"}" (
-      h.hasLine conf "log.dirs=${cfg.dataDir}/logs"
+      property "log.dirs" "${cfg.dataDir}/logs"
       && (h.isDefault options.bcm.kafka.dataDir -> h.under config.bcm.storage.fast cfg.dataDir)
       && lib.elem cfg.dataDir unit.unitConfig.RequiresMountsFor
     ) "log.dirs not rendered, not on the fast tier or not guarded")
     (check "kafka: listeners on loopback with SASL" (
-      h.hasLine conf "listeners=CLIENT://${cfg.bootstrapServers},CONTROLLER://127.0.0.1:${toString cfg.controllerPort}"
-      && h.hasLine conf "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
+      property "listeners" "CLIENT://${cfg.bootstrapServers},CONTROLLER://127.0.0.1:${toString cfg.controllerPort}"
+      && property "listener.security.protocol.map" "CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
       && lib.hasPrefix "127." cfg.address
     ) "listeners not on loopback or not authenticated")
     (check "kafka: credentials appended from the host, not the store" (
@@ -39,7 +41,7 @@ lib.optionals cfg.enable (
         share = cfg.retentionBytes / lib.max 1 partitions;
       in
       check "kafka: retention budget ${toString cfg.retentionBytes} B shared by ${toString partitions} partitions" (
-        h.hasLine conf "log.retention.bytes=${toString share}" && share * lib.max 1 partitions <= cfg.retentionBytes
+        property "log.retention.bytes" (toString share) && share * lib.max 1 partitions <= cfg.retentionBytes
       ) "log.retention.bytes is not the budget's per-partition share"
     )
   ]

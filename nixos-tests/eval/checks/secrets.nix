@@ -9,11 +9,12 @@
   ...
 }:
 let
-  # Shapes of secret values. A reference such as "rpcpassword=$(cat file)" does not match.
+  # Shapes of secret values. A reference such as "rpcpassword=$(cat file)" does not match, nor a
+  # printf placeholder ("password=\"%s\"") in a generator script.
   secretPatterns = [
     "rpcauth=[A-Za-z0-9_-]+:[0-9a-f]{16,}[$][0-9a-f]{64}"
     "(rpcpassword|bitcoind[.]rpcpass|rpc-login)[[:space:]]*=[[:space:]]*[^$%[:space:]\"]"
-    "(password|user_[A-Za-z0-9_-]+)=\"[^\"$]"
+    "(password|user_[A-Za-z0-9_-]+)=\"[^\"$%]"
     "(pass(word)?|secret)[\"']?[[:space:]]*[=:][[:space:]]*[\"']?[A-Za-z0-9+/=]{16,}"
     "-----BEGIN [A-Z ]*PRIVATE KEY-----"
     "BCM-CANARY"
@@ -29,7 +30,8 @@ let
       "user_admin=\"hunter2\""
       "password = c2VjcmV0c2VjcmV0c2VjcmV0"
     ]
-    && findings "echo \"rpcpassword=$(cat /var/lib/bcm-secrets/x)\"" == [ ];
+    && findings "echo \"rpcpassword=$(cat /var/lib/bcm-secrets/x)\"" == [ ]
+    && findings "printf 'username=\"%s\" password=\"%s\";'" == [ ];
 
   leaks = lib.concatMap (file: map (p: "${file.name} matches ${p}") (findings file.text)) rendered;
 
