@@ -62,14 +62,19 @@ in
         PermitRootLogin = if config.bcm.deploy.sshAuthorizedKeys == [ ] then "no" else "prohibit-password";
       };
     };
-    users.users.root.openssh.authorizedKeys.keys = config.bcm.deploy.sshAuthorizedKeys;
-
-    users.users.${cfg.name} = {
-      isNormalUser = true;
-      description = "bcm operator";
-      extraGroups = [ config.bcm.lib.operatorGroup ];
-      openssh.authorizedKeys.keys = cfg.sshAuthorizedKeys;
-      packages = cfg.tools;
-    };
+    # Merged rather than written as one attribute set: with `name = "root"` the two keys would
+    # collide in Nix itself, and the user would see a parse-level error instead of the assertion.
+    users.users = lib.mkMerge [
+      { root.openssh.authorizedKeys.keys = config.bcm.deploy.sshAuthorizedKeys; }
+      {
+        ${cfg.name} = {
+          isNormalUser = true;
+          description = "bcm operator";
+          extraGroups = [ config.bcm.lib.operatorGroup ];
+          openssh.authorizedKeys.keys = cfg.sshAuthorizedKeys;
+          packages = cfg.tools;
+        };
+      }
+    ];
   };
 }

@@ -158,6 +158,12 @@ in
         assertion = bcmLib.isLoopback cfg.socksAddress;
         message = "bcm.tor.socksAddress is ${cfg.socksAddress}; keep Tor's SOCKS port on loopback (127.0.0.1) so other hosts cannot use it.";
       }
+      {
+        # Both modules write systemd.services.tor and users.users.tor; merged, the unit would
+        # get two ExecStart lines and two Types, and one tor would hold the other's DataDirectory.
+        assertion = !config.services.tor.enable;
+        message = "bcm.tor and nixpkgs' services.tor both run a tor.service; disable services.tor and declare its onion services and settings under bcm.tor (bcm.tor.settings takes any torrc key).";
+      }
     ];
 
     bcm.tor.settings = {
@@ -204,12 +210,15 @@ in
         };
     };
 
+    # The uid and gid nixpkgs reserves for tor (nixos/modules/misc/ids.nix), so files under
+    # /var/lib/tor keep their owner if the host ever moves to nixpkgs' own module.
     users.users.tor = {
+      uid = config.ids.uids.tor;
       isSystemUser = true;
       group = "tor";
       home = cfg.dataDir;
       description = "Tor daemon";
     };
-    users.groups.tor = { };
+    users.groups.tor.gid = config.ids.gids.tor;
   };
 }

@@ -3,6 +3,7 @@
 {
   lib,
   config,
+  options,
   rendered,
   failedAssertions,
   hardening,
@@ -58,10 +59,14 @@ let
 
   # tmpfiles runs before a nofail or network mount is up: a rule on a tier creates the directory
   # under the bare mount point, which the mount then hides.
-  tiers = lib.filter (t: t != null) [
-    (config.bcm.storage.fast or null)
-    (config.bcm.storage.bulk or null)
-  ];
+  # A tier without a definition (a host with everything on one disk) has no mount point; reading
+  # the option would fail, so ask the option system whether it is set.
+  tiers = map (tier: config.bcm.storage.${tier}) (
+    lib.filter (tier: options.bcm.storage.${tier}.isDefined) [
+      "fast"
+      "bulk"
+    ]
+  );
   onTier = path: lib.any (t: path == t || lib.hasPrefix "${t}/" path) tiers;
   tmpfilesOnTiers = lib.filter (
     rule:
