@@ -29,6 +29,14 @@ lib.optionals cfg.enable (
       && h.hasLine conf "rpc-bind-ip=127.0.0.1"
     ) "prune or RPC lines differ")
     (check "monerod: ZMQ publisher ${cfg.zmq.pubEndpoint}" (h.hasLine conf "zmq-pub=${cfg.zmq.pubEndpoint}") "zmq-pub missing")
+    # RandomX's JIT and MemoryDenyWriteExecute cannot both be on (the sandbox test shows the
+    # "mprotect failed" that follows).
+    (check "monerod: RandomX ${if cfg.randomxJit then "JIT with MemoryDenyWriteExecute lifted" else "interpreted under MemoryDenyWriteExecute"}" (
+      if cfg.randomxJit then
+        !unit.serviceConfig.MemoryDenyWriteExecute && !(unit.environment ? MONERO_RANDOMX_UMASK)
+      else
+        unit.serviceConfig.MemoryDenyWriteExecute && unit.environment.MONERO_RANDOMX_UMASK or null == "8"
+    ) "JIT and MemoryDenyWriteExecute both on, or JIT needlessly off")
   ]
   ++ lib.optionals cfg.tor.proxy [
     (check "monerod: transactions and peers through Tor" (
