@@ -8,26 +8,7 @@
 { pkgs, self }:
 let
   inherit (pkgs) lib;
-  isX86 = pkgs.stdenv.hostPlatform.system == "x86_64-linux";
-
-  # Modules every VM of these tests gets.
-  testDefaults = {
-    imports = [ self.nixosModules.default ];
-    # Tests never reach the Tor network (project rule for every torrc in tests).
-    bcm.tor.settings.DisableNetwork = true;
-    environment.systemPackages = [
-      pkgs.curl
-      pkgs.jq
-      pkgs.netcat
-    ];
-  };
-
-  vmTests = {
-    # The regtest example host exactly as gen-host wrote it, plus VM disks for its two tiers.
-    vm-regtest = pkgs.testers.runNixOSTest (import ./regtest.nix { inherit self testDefaults; });
-    # Two clearnet nodes on a VM network: a channel opens and a payment settles.
-    vm-lightning = pkgs.testers.runNixOSTest (import ./lightning.nix { inherit testDefaults; });
-  };
+  vmTests = lib.mapAttrs (_: pkgs.testers.runNixOSTest) (import ./vm-tests.nix { inherit pkgs self; });
 in
 {
   # The same harness `scripts/test` runs, with the lib of the pinned nixpkgs. It evaluates into a
@@ -47,4 +28,4 @@ in
         NIXPKGS_LIB=${pkgs.path}/lib nixos-tests/eval/run | tee $out
       '';
 }
-// lib.optionalAttrs isX86 vmTests
+// vmTests

@@ -1,23 +1,49 @@
 # Two clearnet nodes (bitcoind + LND each) on the test network: bitcoind peers sync, LND funds a
 # wallet, opens a channel and a payment settles. Tor is off here: VMs cannot reach the Tor network.
-{ testDefaults }:
+{
+  lib,
+  testDefaults,
+  common,
+}:
 let
+  storage = {
+    fast = "/srv/fast";
+    bulk = "/srv/bulk";
+  };
+
   node =
     alias:
     { ... }:
     {
       imports = [ testDefaults ];
-      virtualisation.memorySize = 2048;
+      virtualisation = {
+        memorySize = 2048;
+        # /dev/vdb and /dev/vdc (the root disk is /dev/vda), one per tier. The tiers must be
+        # mounted through virtualisation.fileSystems: qemu-vm.nix replaces `fileSystems` with it.
+        emptyDiskImages = [
+          1024
+          2048
+        ];
+        fileSystems = {
+          ${storage.fast} = {
+            device = "/dev/vdb";
+            fsType = "ext4";
+            autoFormat = true;
+          };
+          ${storage.bulk} = {
+            device = "/dev/vdc";
+            fsType = "ext4";
+            autoFormat = true;
+          };
+        };
+      };
       networking.firewall.allowedTCPPorts = [
         18444
         9735
       ];
       bcm = {
         network = "regtest";
-        storage = {
-          fast = "/srv/fast";
-          bulk = "/srv/bulk";
-        };
+        inherit storage;
         bitcoind = {
           enable = true;
           address = "0.0.0.0";
@@ -39,8 +65,15 @@ in
     bob = node "bob";
   };
 
-  testScript = ''
-    import json
+  testScript =
+    { nodes, ... }:
+    ''
+    ${common.pythonHelpers}
+
+    tiers = {
+        "alice": json.loads(r"""${builtins.toJSON (common.tiers nodes.alice)}"""),
+        "bob": json.loads(r"""${builtins.toJSON (common.tiers nodes.bob)}"""),
+    }
 
     def cli(machine, command):
         return machine.succeed(f"runuser -l operator -c {json.dumps(command)}")
@@ -49,6 +82,13 @@ in
         return json.loads(cli(machine, f"lncli {args}"))
 
     start_all()
+    for m in [alice, bob]:
+        m.wait_for_unit("multi-user.target")
+
+    with subtest("each node's storage tiers are mounts of their own disks"):
+        for m in [alice, bob]:
+            assert_tiers_mounted(m, tiers[m.name])
+
     for m in [alice, bob]:
         m.wait_for_unit("lnd.service")
 

@@ -3,7 +3,12 @@
 # and read onion addresses but no secret of a service, bitcoind's RPC users are whitelisted, the
 # LND wallet is created and unlocked without interaction, Fulcrum indexes, Kafka has its topics,
 # and losing the bulk disk stops the services on it.
-{ self, testDefaults }:
+{
+  lib,
+  self,
+  testDefaults,
+  common,
+}:
 {
   name = "bcm-regtest";
 
@@ -11,7 +16,14 @@
   node.pkgsReadOnly = false;
 
   nodes.machine =
-    { lib, ... }:
+    args:
+    let
+      # The host's own mounts of its tiers. qemu-vm.nix replaces `fileSystems` with
+      # `virtualisation.fileSystems` (mkVMOverride), so declared only the host's way they would
+      # not exist in the VM and every service would write to the root disk.
+      hostStorage = import "${self}/hosts/regtest1/storage.nix" args;
+      inherit (hostStorage.bcm) storage;
+    in
     {
       imports = [
         testDefaults
@@ -21,14 +33,16 @@
         memorySize = 6144;
         cores = 2;
         diskSize = 4096;
-        # /dev/vdb and /dev/vdc: the fast and bulk tiers of hosts/regtest1/storage.nix.
+        # /dev/vdb and /dev/vdc (the root disk is /dev/vda): the devices storage.nix names for
+        # the fast and bulk tiers.
         emptyDiskImages = [
           4096
           8192
         ];
+        fileSystems = lib.mapAttrs (_: mount: mount // { autoFormat = true; }) (
+          lib.getAttrs [ storage.fast storage.bulk ] hostStorage.fileSystems
+        );
       };
-      fileSystems."/srv/fast".autoFormat = true;
-      fileSystems."/srv/bulk".autoFormat = true;
       bcm.kafka = {
         heapOptions = "-Xms128m -Xmx512m";
         clients.tester.user = "root";
@@ -36,14 +50,24 @@
       };
     };
 
-  testScript = ''
-    import json
+  testScript =
+    { nodes, ... }:
+    let
+      tiers = common.tiers nodes.machine;
+    in
+    ''
+    ${common.pythonHelpers}
+
+    tiers = json.loads(r"""${builtins.toJSON tiers}""")
 
     def as_operator(command):
         return machine.succeed(f"runuser -l operator -c {json.dumps(command)}")
 
     machine.start()
     machine.wait_for_unit("multi-user.target")
+
+    with subtest("each storage tier is a mount of its own disk"):
+        assert_tiers_mounted(machine, tiers)
 
     with subtest("secrets are generated on the host with owner-only modes"):
         machine.wait_for_unit("bcm-secrets.service")
@@ -69,6 +93,8 @@
         machine.succeed("test -d /srv/fast/bitcoind/regtest/chainstate")
         machine.succeed("test -d /srv/fast/bitcoind/regtest/indexes/txindex")
         machine.fail("test -e /srv/fast/bitcoind/regtest/blocks/blk00000.dat")
+        assert_on_tier(machine, "/srv/bulk/bitcoind/blocks/regtest/blocks/blk00000.dat", tiers["bulk"])
+        assert_on_tier(machine, "/srv/fast/bitcoind/regtest/chainstate", tiers["fast"])
 
     with subtest("RPC users are limited by rpcwhitelist"):
         def rpc_status(user, method):
@@ -86,6 +112,7 @@
         assert info["synced_to_chain"] in (True, False)
         machine.succeed("test \"$(stat -c '%U %a' /srv/fast/lnd/seed-mnemonic)\" = 'lnd 600'")
         assert len(machine.succeed("cat /srv/fast/lnd/seed-mnemonic").split()) == 24
+        assert_on_tier(machine, "/srv/fast/lnd/data/chain/bitcoin/regtest/wallet.db", tiers["fast"])
         machine.succeed("systemctl restart lnd.service")
         machine.wait_for_unit("lnd.service")
         as_operator("lncli getinfo")
@@ -97,6 +124,7 @@
 
     with subtest("Fulcrum indexes the chain"):
         machine.wait_for_unit("fulcrum.service")
+        assert_on_tier(machine, "/srv/fast/fulcrum", tiers["fast"])
         machine.wait_until_succeeds(
             "echo '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"blockchain.headers.subscribe\",\"params\":[]}'"
             " | nc -q 2 127.0.0.1 50001 | grep -q '\"height\":110'",
@@ -121,6 +149,7 @@
 
     with subtest("monerod answers on its restricted RPC and publishes on ZMQ"):
         machine.wait_for_unit("monerod.service")
+        assert_on_tier(machine, "/srv/bulk/monerod", tiers["bulk"])
         machine.wait_until_succeeds("curl -sf http://127.0.0.1:18089/get_info | jq -e '.status == \"OK\"'", timeout=300)
         machine.wait_until_succeeds("ss -ltn | grep -q '127.0.0.1:18084'")
         as_operator("monerod-cli status")
@@ -128,6 +157,7 @@
     with subtest("Kafka runs KRaft on loopback with SASL and has the declared topics"):
         machine.wait_for_unit("kafka.service")
         machine.wait_for_unit("kafka-topics.service")
+        assert_on_tier(machine, "/srv/fast/kafka", tiers["fast"])
         topics = as_operator("kafka-cli topics --list")
         assert "bcm.test" in topics, topics
         machine.fail("ss -ltn | grep ':9092' | grep -v '127.0.0.1:9092'")

@@ -1,0 +1,48 @@
+# The VM tests, each as the module `pkgs.testers.runNixOSTest` takes, keyed by the name the flake
+# offers it under. default.nix builds them; the evaluation harness (eval/vm-nodes.nix) evaluates
+# their nodes and test scripts against its skeleton, without nixpkgs.
+{
+  pkgs,
+  lib ? pkgs.lib,
+  self,
+}:
+let
+  common = import ./common.nix { inherit lib; };
+
+  # Modules every VM of these tests gets.
+  testDefaults = {
+    imports = [ self.nixosModules.default ];
+    # Tests never reach the Tor network (project rule for every torrc in tests).
+    bcm.tor.settings.DisableNetwork = true;
+    environment.systemPackages = [
+      pkgs.curl
+      pkgs.jq
+    ];
+  };
+
+  # Each test file takes the arguments it names from these.
+  callTest =
+    file:
+    let
+      test = import file;
+    in
+    test (
+      builtins.intersectAttrs (builtins.functionArgs test) {
+        inherit
+          lib
+          self
+          testDefaults
+          common
+          ;
+      }
+    );
+in
+# hosts/regtest1 pins nixpkgs.hostPlatform to x86_64-linux.
+lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
+  # The regtest example host exactly as gen-host wrote it, with VM disks for its two tiers.
+  vm-regtest = callTest ./regtest.nix;
+}
+// {
+  # Two clearnet nodes on a VM network: a channel opens and a payment settles.
+  vm-lightning = callTest ./lightning.nix;
+}
