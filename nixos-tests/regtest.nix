@@ -54,11 +54,21 @@
     { nodes, ... }:
     let
       tiers = common.tiers nodes.machine;
+      lnd = {
+        inherit (nodes.machine.bcm.lnd)
+          user
+          networkDir
+          seedMnemonicFile
+          walletPasswordFile
+          restPort
+          ;
+      };
     in
     ''
     ${common.pythonHelpers}
 
     tiers = json.loads(r"""${builtins.toJSON tiers}""")
+    lnd = json.loads(r"""${builtins.toJSON lnd}""")
 
     def as_operator(command):
         return machine.succeed(f"runuser -l operator -c {json.dumps(command)}")
@@ -107,21 +117,43 @@
         assert rpc_status("fulcrum", "stop") == "403"
         assert rpc_status("lnd", "dumptxoutset") == "403"
 
-    with subtest("LND creates and unlocks its wallet without interaction"):
+    with subtest("lndinit makes LND's wallet before LND starts; LND unlocks it without interaction"):
         machine.wait_for_unit("lnd.service")
-        info = json.loads(as_operator("lncli getinfo"))
-        assert info["synced_to_chain"] in (True, False)
-        machine.succeed("test \"$(stat -c '%U %a' /srv/fast/lnd/seed-mnemonic)\" = 'lnd 600'")
-        assert len(machine.succeed("cat /srv/fast/lnd/seed-mnemonic").split()) == 24
-        assert_on_tier(machine, "/srv/fast/lnd/data/chain/bitcoin/regtest/wallet.db", tiers["fast"])
+        wait_for_lnd_server(machine, "operator")
+        wallet = f"{lnd['networkDir']}/wallet.db"
+        seed = lnd["seedMnemonicFile"]
+        assert_on_tier(machine, wallet, tiers["fast"])
+        # The seed lnd-init-wallet wrote (lndinit gen-seed), readable by LND alone.
+        got = machine.succeed(f"stat -c '%U %a' {seed}").strip()
+        assert got == f"{lnd['user']} 600", f"{seed}: {got}"
+        assert len(machine.succeed(f"cat {seed}").split()) == 24
+        # The wallet existed before LND's process started: it was made in ExecStartPre, not
+        # through LND's unauthenticated WalletUnlocker once LND listened.
+        born = int(machine.succeed(f"stat -c %W {wallet}"))
+        started = int(machine.succeed(
+            "echo $(( $(date +%s) - $(ps -o etimes= -p $(systemctl show -p MainPID --value lnd.service)) ))"
+        ))
+        assert 0 < born <= started + 1, f"wallet.db born at {born}, LND started at {started}"
+        # LND never offers to create a wallet: no allow-create, the password file unlocks it, and
+        # the WalletUnlocker RPCs answer nothing once it is unlocked.
+        machine.fail("grep -q wallet-unlock-allow-create /run/lnd/lnd.conf")
+        machine.succeed(f"grep -qxF wallet-unlock-password-file={lnd['walletPasswordFile']} /run/lnd/lnd.conf")
+        rest = f"https://127.0.0.1:{lnd['restPort']}"
+        machine.succeed(f"curl -sfk {rest}/v1/state | jq -e '.state == \"SERVER_ACTIVE\"'")
+        for method, path in [("GET", "/v1/genseed"), ("POST", "/v1/initwallet")]:
+            code = machine.succeed(f"curl -sk -o /dev/null -w '%{{http_code}}' -X {method} -d '{{}}' {rest}{path}").strip()
+            assert code != "200", f"{method} {path} answered {code}"
+        # After a restart LND unlocks the same wallet by itself.
         machine.succeed("systemctl restart lnd.service")
         machine.wait_for_unit("lnd.service")
+        wait_for_lnd_server(machine, "operator")
+        assert int(machine.succeed(f"stat -c %W {wallet}")) == born, "the wallet was made anew"
         as_operator("lncli getinfo")
         # The operator's macaroon cannot mint new macaroons.
         machine.fail("runuser -l operator -c 'lncli bakemacaroon info:read'")
         # The operator cannot read LND's own secrets.
-        machine.fail("runuser -u operator -- cat /srv/fast/lnd/seed-mnemonic")
-        machine.fail("runuser -u operator -- cat /var/lib/bcm-secrets/lnd-wallet-password")
+        machine.fail(f"runuser -u operator -- cat {seed}")
+        machine.fail(f"runuser -u operator -- cat {lnd['walletPasswordFile']}")
 
     with subtest("Fulcrum indexes the chain"):
         machine.wait_for_unit("fulcrum.service")
