@@ -16,18 +16,27 @@ class BcmError(Exception):
         """The lines shown to the user, one problem per line."""
         return [str(self)]
 
+    def notes(self) -> list[str]:
+        """What the user should know beside the problems (what could not be checked, and why)."""
+        return []
+
 
 class SpecError(BcmError):
-    """A cluster spec that cannot be used. Carries every problem found, each with its field path."""
+    """A cluster spec that cannot be used. Carries every problem found, each with its field path,
+    and a note for each check held back because another problem made it meaningless."""
 
     exit_code = 2
 
-    def __init__(self, problems: list[tuple[str, str]]):
+    def __init__(self, problems: list[tuple[str, str]], notes: list[str] | None = None):
         self.problems = problems
+        self._notes = notes or []
         super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
 
     def lines(self) -> list[str]:
         return [f"{path}: {msg}" if path else msg for path, msg in self.problems]
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
 
 
 class UsageError(BcmError):

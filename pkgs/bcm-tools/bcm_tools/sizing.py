@@ -126,30 +126,43 @@ class HostPlan:
     memory: MemoryPlan
 
 
-def _disk_needs(network: Network, host: Host) -> dict[Tier, list[Need]]:
+def _tier_needs(network: Network, host: Host, tier: Tier) -> list[Need]:
+    """What is placed on `tier`. A service's size is read only when it is placed there, so a
+    spec whose other services are partly invalid can still be planned for this tier."""
     disk = DISK_GB[network]
     services = host.services
-    needs: dict[Tier, list[Need]] = {Tier.fast: [], Tier.bulk: []}
+    needs: list[Need] = []
     if (b := services.bitcoind) is not None:
-        blocks = disk["bitcoind.blocks"]
-        if b.prune_mb:
-            blocks = min(blocks, b.prune_mb / 1024 + PRUNE_MARGIN_GB)
-            needs[b.blocks_tier].append(Need("bitcoind", f"block files (pruned to {b.prune_mb} MiB)", blocks))
-        else:
-            needs[b.blocks_tier].append(Need("bitcoind", "block files", blocks))
-        needs[b.data_tier].append(Need("bitcoind", "chainstate", disk["bitcoind.chainstate"]))
-        if b.txindex:
-            needs[b.data_tier].append(Need("bitcoind", "txindex", disk["bitcoind.txindex"]))
-    if (f := services.fulcrum) is not None:
-        needs[f.data_tier].append(Need("fulcrum", "index", disk["fulcrum.index"]))
-    if (l := services.lnd) is not None:
-        needs[l.data_tier].append(Need("lnd", "channel state", disk["lnd.data"]))
-    if (m := services.monerod) is not None:
+        if b.blocks_tier is tier:
+            if b.prune_mb:
+                blocks = min(disk["bitcoind.blocks"], b.prune_mb / 1024 + PRUNE_MARGIN_GB)
+                needs.append(Need("bitcoind", f"block files (pruned to {b.prune_mb} MiB)", blocks))
+            else:
+                needs.append(Need("bitcoind", "block files", disk["bitcoind.blocks"]))
+        if b.data_tier is tier:
+            needs.append(Need("bitcoind", "chainstate", disk["bitcoind.chainstate"]))
+            if b.txindex:
+                needs.append(Need("bitcoind", "txindex", disk["bitcoind.txindex"]))
+    if (f := services.fulcrum) is not None and f.data_tier is tier:
+        needs.append(Need("fulcrum", "index", disk["fulcrum.index"]))
+    if (l := services.lnd) is not None and l.data_tier is tier:
+        needs.append(Need("lnd", "channel state", disk["lnd.data"]))
+    if (m := services.monerod) is not None and m.data_tier is tier:
         key = "monerod.pruned" if m.prune else "monerod.full"
-        needs[m.data_tier].append(Need("monerod", "pruned chain" if m.prune else "chain", disk[key]))
-    if (k := services.kafka) is not None:
-        needs[k.data_tier].append(Need("kafka", f"logs ({k.retention_gb} GB retention)", k.retention_gb + 1))
+        needs.append(Need("monerod", "pruned chain" if m.prune else "chain", disk[key]))
+    if (k := services.kafka) is not None and k.data_tier is tier:
+        needs.append(Need("kafka", f"logs ({k.retention_gb} GB retention)", k.retention_gb + 1))
     return needs
+
+
+def tier_plan(network: Network, host: Host, tier: Tier) -> TierPlan:
+    storage = host.storage.fast if tier is Tier.fast else host.storage.bulk
+    needs = _tier_needs(network, host, tier)
+    return TierPlan(tier, needs, storage.size_gb if storage is not None else None)
+
+
+def memory_plan(network: Network, host: Host) -> MemoryPlan:
+    return MemoryPlan(_memory_needs(network, host), host.memory_mb)
 
 
 def _memory_needs(network: Network, host: Host) -> list[Need]:
@@ -167,40 +180,33 @@ def _memory_needs(network: Network, host: Host) -> list[Need]:
 
 def plan_host(network: Network, host: Host) -> HostPlan:
     """The capacity plan of one host: per tier and for memory, each need, the total and the headroom."""
-    disk = _disk_needs(network, host)
-    tiers = [
-        TierPlan(Tier.fast, disk[Tier.fast], host.storage.fast.size_gb),
-        TierPlan(Tier.bulk, disk[Tier.bulk], host.storage.bulk.size_gb if host.storage.bulk else None),
-    ]
-    return HostPlan(host.name, network, tiers, MemoryPlan(_memory_needs(network, host), host.memory_mb))
+    tiers = [tier_plan(network, host, tier) for tier in Tier]
+    return HostPlan(host.name, network, tiers, memory_plan(network, host))
 
 
 def _fmt(amount: float) -> str:
     return f"{amount:g}"
 
 
-def capacity_problems(network: Network, host: Host) -> list[tuple[str, str]]:
-    """Field paths (relative to the host) and messages for every tier or memory too small."""
-    plan = plan_host(network, host)
-    problems = []
-    for tier in plan.tiers:
-        if not tier.needs:
-            continue
-        listed = ", ".join(f"{n.service} {n.what} {_fmt(n.amount)}" for n in tier.needs)
-        if tier.size_gb is None:
-            services = sorted({n.service for n in tier.needs})
-            problems.append(
-                (f"storage.{tier.tier.value}", f"required: {', '.join(services)} place data on {tier.tier.value} storage ({listed} GB)")
-            )
-        elif tier.total > tier.size_gb:
-            problems.append(
-                (
-                    f"storage.{tier.tier.value}.size_gb",
-                    f"{tier.size_gb} GB is too small for what is placed on it: needs {_fmt(tier.total)} GB ({listed})",
-                )
-            )
-    memory = plan.memory
-    if memory.total > memory.memory_mb:
-        listed = ", ".join(f"{n.service} {n.amount}" for n in memory.needs)
-        problems.append(("memory_mb", f"{memory.memory_mb} MB is too little: needs {memory.total} MB ({listed})"))
-    return problems
+def tier_problem(plan: TierPlan) -> tuple[str, str] | None:
+    """The field path (relative to the host) and message when a tier is missing or too small."""
+    if not plan.needs:
+        return None
+    listed = ", ".join(f"{n.service} {n.what} {_fmt(n.amount)}" for n in plan.needs)
+    if plan.size_gb is None:
+        services = sorted({n.service for n in plan.needs})
+        return (f"storage.{plan.tier.value}", f"required: {', '.join(services)} place data on {plan.tier.value} storage ({listed} GB)")
+    if plan.total > plan.size_gb:
+        return (
+            f"storage.{plan.tier.value}.size_gb",
+            f"{plan.size_gb} GB is too small for what is placed on it: needs {_fmt(plan.total)} GB ({listed})",
+        )
+    return None
+
+
+def memory_problem(plan: MemoryPlan) -> tuple[str, str] | None:
+    """The field path (relative to the host) and message when the host has too little memory."""
+    if plan.total <= plan.memory_mb:
+        return None
+    listed = ", ".join(f"{n.service} {n.amount}" for n in plan.needs)
+    return ("memory_mb", f"{plan.memory_mb} MB is too little: needs {plan.total} MB ({listed})")

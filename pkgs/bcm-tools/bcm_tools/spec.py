@@ -1,9 +1,11 @@
 """The cluster spec (TOML, version 1): typed model, loading and validation.
 
 `load_spec` is the only way in. It returns a `ClusterSpec` whose every host has been checked
-for shape (pydantic), for consistency between services, and for capacity (sizing.py). Every
-problem found is collected and raised together in one `SpecError`, each with the field path a
-user reads in their TOML (`hosts[1].storage.bulk.size_gb`).
+for shape and type (pydantic, here), then for consistency between fields and for capacity
+(spec_checks.py, sizing.py). Every problem found is collected and raised together in one
+`SpecError`, each with the field path a user reads in their TOML (`hosts[1].storage.bulk.size_gb`).
+The models hold only what can be checked field by field: a rule between fields lives in
+spec_checks.py, so that it runs even when some other field of the same table is wrong.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bcm_tools.errors import GenerateError, SpecError
 
@@ -196,18 +198,6 @@ class StorageTier(_Strict):
                 raise ValueError(f"mount option {option!r} holds characters a mount option cannot")
         return values
 
-    @model_validator(mode="after")
-    def _one_source(self) -> StorageTier:
-        if self.device is not None and self.nfs is not None:
-            raise ValueError("give exactly one of device (with fs) or nfs, not both")
-        if self.device is None and self.nfs is None:
-            raise ValueError("give exactly one of device (with fs) or nfs")
-        if self.device is not None and self.fs is None:
-            raise ValueError("fs is required with device (ext4 | xfs | btrfs)")
-        if self.nfs is not None and self.fs is not None:
-            raise ValueError("fs applies to a device, not to an nfs export")
-        return self
-
 
 class Storage(_Strict):
     fast: StorageTier
@@ -236,12 +226,6 @@ class BitcoindService(_Service):
         if 0 < value < 550:
             raise ValueError("must be 0 (full node) or at least 550 (bitcoind's minimum prune target)")
         return value
-
-    @model_validator(mode="after")
-    def _txindex_needs_blocks(self) -> BitcoindService:
-        if self.txindex and self.prune_mb:
-            raise ValueError("txindex needs every block; set prune_mb = 0 or txindex = false")
-        return self
 
 
 class FulcrumService(_Service):
@@ -302,7 +286,7 @@ class Services(_Strict):
     kafka: KafkaService | None = None
 
     def enabled(self) -> list[str]:
-        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+        return [name for name in Services.model_fields if getattr(self, name) is not None]
 
 
 # The modules' default ports, mirrored here only to detect clashes before deploying; the NixOS
@@ -386,7 +370,8 @@ class ClusterSpec(_Strict):
 # --- loading ---------------------------------------------------------------------------------
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
+def field_path(loc: tuple[Any, ...]) -> str:
+    """A pydantic location as the user reads it in the TOML: `hosts[1].storage.bulk.size_gb`."""
     path = ""
     for part in loc:
         if isinstance(part, int):
@@ -419,67 +404,39 @@ def _message(error: dict[str, Any]) -> str:
     return msg[0].lower() + msg[1:]
 
 
-def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
-    problems = []
-    for error in err.errors(include_url=False):
-        # Union members of `X | None` add a synthetic loc part naming the member class.
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p[:1].isupper()))
-        problems.append((_field_path(loc), _message(error)))
-    return problems
-
-
-def _cross_checks(spec: ClusterSpec) -> list[tuple[str, str]]:
-    from bcm_tools.sizing import capacity_problems
-
-    problems: list[tuple[str, str]] = []
-    first_index: dict[str, int] = {}
-    for index, host in enumerate(spec.hosts):
-        at = f"hosts[{index}]"
-        if host.name in first_index:
-            problems.append((f"{at}.name", f"duplicate host name {host.name!r} (also hosts[{first_index[host.name]}])"))
-        else:
-            first_index[host.name] = index
-        services = host.services
-        for dependent in ("fulcrum", "lnd"):
-            if getattr(services, dependent) is not None and services.bitcoind is None:
-                problems.append((f"{at}.services.{dependent}", f"{dependent} needs bitcoind on the same host; add [hosts.services.bitcoind]"))
-        if services.fulcrum is not None and services.bitcoind is not None and services.bitcoind.prune_mb:
-            problems.append((f"{at}.services.bitcoind.prune_mb", "Fulcrum indexes every block and needs an unpruned bitcoind; set prune_mb = 0 or remove fulcrum"))
-        if host.storage.fast.mount_point and host.storage.bulk and host.storage.bulk.mount_point == host.storage.fast.mount_point:
-            problems.append((f"{at}.storage.bulk.mount_point", "fast and bulk need different mount points"))
-        used: dict[int, str] = {}
-        for (service, field), default in default_ports(spec.cluster.network).items():
-            table = getattr(services, service)
-            if table is None:
-                continue
-            port = getattr(table, field) or default
-            if port in used:
-                problems.append((f"{at}.services.{service}.{field}", f"port {port} is already used by {used[port]}"))
-            else:
-                used[port] = f"{service}.{field}"
-        problems.extend((f"{at}.{path}", msg) for path, msg in capacity_problems(spec.cluster.network, host))
-    return problems
+def _pydantic_problems(err: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
+    """Each problem's location and message."""
+    # `X | None` fields validate as nullable, not as unions, so a location is the keys as written
+    # (a capitalised unknown key included) with no member class names in between.
+    return [(tuple(error["loc"]), _message(error)) for error in err.errors(include_url=False)]
 
 
 def parse_spec(text: str, source: str = "spec") -> ClusterSpec:
-    """Parses and validates spec text. Raises SpecError listing every problem."""
+    """Parses and validates spec text. Raises SpecError listing every problem: of shape and type
+    first, then between fields and of capacity, with a note for each check held back."""
+    from bcm_tools.spec_checks import PartialTable, check_spec
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise SpecError([("", f"{source}: TOML syntax error: {err}")]) from None
+        raise SpecError([("", f"{source}: TOML syntax error: {err}")], ["nothing else is checked until the file parses"]) from None
     version = data.get("version")
     if version != SPEC_VERSION:
         # A spec of another version is checked against nothing else: its keys may mean other things.
+        held_back = ["nothing else is checked: what the other keys mean depends on the version"]
         if version is None:
-            raise SpecError([("version", f"required (this bcm-tools reads version {SPEC_VERSION})")])
-        raise SpecError([("version", f"unsupported spec version {version!r} (this bcm-tools reads version {SPEC_VERSION})")])
+            raise SpecError([("version", f"required (this bcm-tools reads version {SPEC_VERSION})")], held_back)
+        raise SpecError([("version", f"unsupported spec version {version!r} (this bcm-tools reads version {SPEC_VERSION})")], held_back)
     try:
         spec = ClusterSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(_pydantic_problems(err)) from None
-    problems = _cross_checks(spec)
-    if problems:
-        raise SpecError(problems)
+        located = _pydantic_problems(err)
+        findings = check_spec(PartialTable(ClusterSpec, data, (), frozenset(loc for loc, _ in located)))
+        problems = [(field_path(loc), message) for loc, message in located]
+        raise SpecError(problems + findings.problems, findings.notes()) from None
+    findings = check_spec(spec)
+    if findings.problems:
+        raise SpecError(findings.problems, findings.notes())
     return spec
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
 
 from bcm_tools.cli import cli
 from bcm_tools.errors import SpecError
 from bcm_tools.spec import parse_spec
-from specs import base_spec, to_toml
+from specs import FAULTS, base_spec, faulty_specs, spoiled, to_toml, two_host_spec
 
 CORPUS = sorted((Path(__file__).parent / "invalid_specs").glob("*.toml"))
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -19,6 +20,10 @@ EXAMPLES = Path(__file__).parents[3] / "examples"
 
 def expected_paths(spec_file: Path) -> list[str]:
     return re.findall(r"^# expect: (.+)$", spec_file.read_text(), re.MULTILINE)
+
+
+def expected_notes(spec_file: Path) -> list[str]:
+    return re.findall(r"^# note: (.+)$", spec_file.read_text(), re.MULTILINE)
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -43,6 +48,15 @@ def test_invalid_spec_names_its_field(spec_file: Path, tmp_path: Path):
         else:
             assert any(line.startswith(f"{path}: ") for line in lines), (path, lines)
     assert len(lines) == len(expects), lines
+    # What was held back because of another problem is said, once per cause, and only that.
+    notes = err.notes()
+    for note in expected_notes(spec_file):
+        assert note in notes, (note, notes)
+    assert len(notes) == len(expected_notes(spec_file)), notes
+
+
+def test_corpus_has_specs_with_several_problems():
+    assert len([f for f in CORPUS if len(expected_paths(f)) >= 3]) >= 4
 
 
 @pytest.mark.parametrize("spec_file", CORPUS, ids=lambda p: p.stem)
@@ -55,8 +69,14 @@ def test_invalid_spec_exits_2_and_writes_nothing(spec_file: Path, tmp_path: Path
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert len(errors) == len(expected_paths(spec_file)), result.stderr
+    assert len(errors) + len(notes) == len(result.stderr.splitlines()), result.stderr
     for path in expected_paths(spec_file):
         assert path in result.stderr
+    for note in expected_notes(spec_file):
+        assert f"note: {note}" in notes
     assert tree(out) == before
 
 
@@ -153,3 +173,58 @@ def test_port_clashes_follow_the_network_defaults():
     with pytest.raises(SpecError) as raised:
         parse_spec(to_toml(spec))
     assert raised.value.problems == [("hosts[0].services.lnd.rest_port", "port 18443 is already used by bitcoind.rpc_port")]
+
+
+def test_the_two_host_base_spec_is_valid():
+    parse_spec(to_toml(two_host_spec()))
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=repr)
+def test_each_fault_alone_gives_exactly_its_problems(fault):
+    spec = two_host_spec()
+    fault.apply(spec)
+    with pytest.raises(SpecError) as raised:
+        parse_spec(to_toml(spec))
+    assert sorted(path for path, _ in raised.value.problems) == sorted(fault.expect)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(faulty_specs())
+def test_every_independent_fault_is_reported(built):
+    """Several independent faults in one spec: each one's problems are reported, in one run, with
+    nothing else; one that another fault makes meaningless is held back and named in a note."""
+    spec, faults = built
+    with pytest.raises(SpecError) as raised:
+        parse_spec(to_toml(spec))
+    reported = sorted(path for path, _ in raised.value.problems)
+    expected = sorted(path for f in faults if not spoiled(f, faults) for path in f.expect)
+    assert reported == expected, faults
+    notes = raised.value.notes()
+    for fault in faults:
+        if spoiled(fault, faults) and fault.capacity:
+            assert any("capacity of" in note and fault.capacity in note for note in notes), (fault, notes)
+
+
+def test_type_errors_come_before_cross_field_and_capacity_problems():
+    spec = two_host_spec()
+    spec["hosts"][1]["storage"]["fast"]["size_gb"] = 10
+    spec["hosts"][1]["services"]["bitcoind"].update(prune_mb=2000, txindex=True)
+    spec["hosts"][1]["cpus"] = "two"
+    with pytest.raises(SpecError) as raised:
+        parse_spec(to_toml(spec))
+    assert [path for path, _ in raised.value.problems] == [
+        "hosts[1].cpus",
+        "hosts[1].services.bitcoind",
+        "hosts[1].services.bitcoind.prune_mb",
+        "hosts[1].storage.fast.size_gb",
+    ]
+
+
+def test_an_unknown_key_is_named_as_written():
+    """A capitalised key used to lose its name (taken for a pydantic union tag) and blame its table."""
+    spec = base_spec()
+    spec["hosts"][0]["storage"]["bulk"]["Colour"] = "red"
+    with pytest.raises(SpecError) as raised:
+        parse_spec(to_toml(spec))
+    assert raised.value.problems == [("hosts[0].storage.bulk.Colour", "unknown key")]
+    assert raised.value.notes() == []

@@ -48,6 +48,8 @@ def main() -> None:
     except BcmError as err:
         for line in err.lines():
             click.echo(f"error: {line}" if not line.startswith("  ") else line, err=True)
+        for note in err.notes():
+            click.echo(f"note: {note}", err=True)
         sys.exit(err.exit_code)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
