@@ -13,7 +13,7 @@ let
 
   node =
     alias:
-    { ... }:
+    { config, ... }:
     {
       imports = [ testDefaults ];
       virtualisation = {
@@ -38,8 +38,8 @@ let
         };
       };
       networking.firewall.allowedTCPPorts = [
-        18444
-        9735
+        config.bcm.bitcoind.port
+        config.bcm.lnd.port
       ];
       bcm = {
         network = "regtest";
@@ -67,16 +67,29 @@ in
 
   testScript =
     { nodes, ... }:
+    let
+      # What the script reads of each node: its name on the test network, ports, tiers.
+      cfg = lib.mapAttrs (_: node: {
+        host = node.networking.hostName;
+        operator = node.bcm.operator.name;
+        bitcoindPort = node.bcm.bitcoind.port;
+        lndPort = node.bcm.lnd.port;
+        tiers = common.tiers node;
+      }) nodes;
+    in
     ''
     ${common.pythonHelpers}
 
-    tiers = {
-        "alice": json.loads(r"""${builtins.toJSON (common.tiers nodes.alice)}"""),
-        "bob": json.loads(r"""${builtins.toJSON (common.tiers nodes.bob)}"""),
-    }
+    cfg = json.loads(r"""${builtins.toJSON cfg}""")
 
     def cli(machine, command):
-        return machine.succeed(f"runuser -l operator -c {json.dumps(command)}")
+        return machine.succeed(f"runuser -l {cfg[machine.name]['operator']} -c {shlex.quote(command)}")
+
+    def cli_until(machine, command, check, timeout=180):
+        machine.wait_until_succeeds(
+            f"runuser -l {cfg[machine.name]['operator']} -c {shlex.quote(command)} | jq -e {shlex.quote(check)}",
+            timeout=timeout,
+        )
 
     def lncli(machine, args):
         return json.loads(cli(machine, f"lncli {args}"))
@@ -87,40 +100,44 @@ in
 
     with subtest("each node's storage tiers are mounts of their own disks"):
         for m in [alice, bob]:
-            assert_tiers_mounted(m, tiers[m.name])
+            assert_tiers_mounted(m, cfg[m.name]["tiers"])
 
-    for m in [alice, bob]:
-        m.wait_for_unit("lnd.service")
+    with subtest("LND's wallets are made and unlocked without interaction, and the servers start"):
+        for m in [alice, bob]:
+            m.wait_for_unit("lnd.service")
+            wait_for_lnd_server(m, cfg[m.name]["operator"])
 
     with subtest("bitcoind peers over the test network"):
-        cli(alice, "bitcoin-cli addnode bob:18444 add")
-        alice.wait_until_succeeds("runuser -l operator -c 'bitcoin-cli getconnectioncount' | grep -qv '^0$'")
+        cli(alice, f"bitcoin-cli addnode {cfg['bob']['host']}:{cfg['bob']['bitcoindPort']} add")
+        cli_until(alice, "bitcoin-cli getconnectioncount", ". > 0", timeout=60)
 
     with subtest("alice's LND wallet is funded"):
         address = lncli(alice, "newaddress p2wkh")["address"]
         cli(alice, "bitcoin-cli createwallet miner")
         cli(alice, f"bitcoin-cli generatetoaddress 1 {address}")
         cli(alice, "bitcoin-cli -generate 100")
-        alice.wait_until_succeeds(
-            "runuser -l operator -c 'lncli walletbalance' | jq -e '(.confirmed_balance | tonumber) > 0'", timeout=120
-        )
+        cli_until(alice, "lncli walletbalance", "(.confirmed_balance | tonumber) > 0", timeout=120)
 
     with subtest("a channel opens"):
+        # Both LNDs at alice's chain tip, or bob refuses the channel while it syncs.
+        height = int(cli(alice, "bitcoin-cli getblockcount"))
+        for m in [alice, bob]:
+            cli_until(m, "lncli getinfo", f".synced_to_chain and .block_height == {height}")
         bob_key = lncli(bob, "getinfo")["identity_pubkey"]
-        cli(alice, f"lncli connect {bob_key}@bob:9735")
+        cli(alice, f"lncli connect {bob_key}@{cfg['bob']['host']}:{cfg['bob']['lndPort']}")
         cli(alice, f"lncli openchannel --node_key {bob_key} --local_amt 1000000")
         cli(alice, "bitcoin-cli -generate 6")
-        bob.wait_until_succeeds(
-            "runuser -l operator -c 'lncli listchannels' | jq -e '.channels | length == 1 and .[0].active'", timeout=180
-        )
-        alice.wait_until_succeeds(
-            "runuser -l operator -c 'lncli listchannels' | jq -e '.channels[0].active'", timeout=180
-        )
+        cli_until(bob, "lncli listchannels", ".channels | length == 1 and .[0].active")
+        cli_until(alice, "lncli listchannels", ".channels | length == 1 and .[0].active")
 
     with subtest("a payment settles"):
         invoice = lncli(bob, "addinvoice --amt 1000")
         cli(alice, f"lncli payinvoice --force {invoice['payment_request']}")
         settled = lncli(bob, f"lookupinvoice {invoice['r_hash']}")
         assert settled["state"] == "SETTLED", settled
+
+    with subtest("no unit failed on either node, not even one that Restart= brought back"):
+        for m in [alice, bob]:
+            assert_no_unit_failed(m)
   '';
 }

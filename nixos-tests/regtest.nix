@@ -53,25 +53,65 @@
   testScript =
     { nodes, ... }:
     let
-      tiers = common.tiers nodes.machine;
-      lnd = {
-        inherit (nodes.machine.bcm.lnd)
-          user
-          networkDir
-          seedMnemonicFile
-          walletPasswordFile
-          restPort
-          ;
+      machine = nodes.machine;
+      bcm = machine.bcm;
+      enabled = lib.filterAttrs (_: x: x.enable);
+      secrets = enabled bcm.lib.generatedSecrets;
+      tiers = common.tiers machine;
+      # What the script reads of the node: ports, paths, owners, units.
+      cfg = {
+        inherit tiers;
+        operator = bcm.operator.name;
+        secrets = lib.mapAttrs (_: secret: { inherit (secret) file owner group mode; }) secrets;
+        primarySecretFiles = lib.mapAttrsToList (_: secret: secret.file) (lib.filterAttrs (_: s: !s.derived) secrets);
+        bitcoind = {
+          inherit (bcm.bitcoind) dataDir blocksDir;
+          # bitcoind's subdirectory for regtest, signet and testnet4 is the network's name.
+          chain = bcm.network;
+          rpcPort = bcm.bitcoind.rpc.port;
+          passwordFiles = lib.mapAttrs (_: user: user.passwordFile) bcm.bitcoind.rpc.users;
+        };
+        lnd = {
+          inherit (bcm.lnd)
+            user
+            networkDir
+            seedMnemonicFile
+            walletPasswordFile
+            restPort
+            ;
+        };
+        fulcrum = { inherit (bcm.fulcrum) dataDir port; };
+        monerod = {
+          inherit (bcm.monerod) dataDir;
+          restrictedRpcPort = bcm.monerod.restrictedRpc.port;
+          zmqPubPort = bcm.monerod.zmq.pubPort;
+        };
+        kafka = {
+          inherit (bcm.kafka) dataDir port controllerPort;
+          topics = lib.attrNames bcm.kafka.topics;
+        };
+        tor = {
+          inherit (bcm.tor) dataDir;
+          onions = lib.mapAttrs (_: onion: onion.hostnameFile) (enabled bcm.tor.onionServices);
+          enforced = lib.filter (service: bcm.${service}.tor.enforce) [
+            "bitcoind"
+            "lnd"
+            "monerod"
+          ];
+        };
+        bulkUnits = common.unitsOn machine tiers.bulk.path;
       };
     in
     ''
     ${common.pythonHelpers}
 
-    tiers = json.loads(r"""${builtins.toJSON tiers}""")
-    lnd = json.loads(r"""${builtins.toJSON lnd}""")
+    cfg = json.loads(r"""${builtins.toJSON cfg}""")
+    tiers = cfg["tiers"]
+    operator = cfg["operator"]
+    lnd = cfg["lnd"]
 
     def as_operator(command):
-        return machine.succeed(f"runuser -l operator -c {json.dumps(command)}")
+        return machine.succeed(f"runuser -l {operator} -c {shlex.quote(command)}")
 
     machine.start()
     machine.wait_for_unit("multi-user.target")
@@ -81,37 +121,43 @@
 
     with subtest("secrets are generated on the host with owner-only modes"):
         machine.wait_for_unit("bcm-secrets.service")
-        for path, expected in [
-            # bitcoind's RPC users' passwords: the client's user, group root (bitcoind.nix).
-            ("/var/lib/bcm-secrets/bitcoind-rpc-fulcrum-password", "fulcrum root 600"),
-            ("/var/lib/bcm-secrets/bitcoind-rpc-lnd-password", "lnd root 600"),
-            ("/var/lib/bcm-secrets/bitcoind-rpcauth.conf", "bitcoind bitcoind 600"),
-            ("/var/lib/bcm-secrets/bitcoind-rpc-cli-password.conf", "root bcm-operator 640"),
-            ("/var/lib/bcm-secrets/lnd-wallet-password", "lnd lnd 600"),
-            ("/var/lib/bcm-secrets/kafka-jaas.properties", "kafka kafka 600"),
-        ]:
-            got = machine.succeed(f"stat -c '%U %G %a' {path}").strip()
-            assert got == expected, f"{path}: {got} != {expected}"
-        # No generated secret value appears anywhere in the store.
-        password = machine.succeed("cat /var/lib/bcm-secrets/bitcoind-rpc-fulcrum-password").strip()
-        machine.fail(f"grep -rqF {password} /nix/store --include='*.conf' --include='*.properties'")
+        # Owners read from the modules (bitcoind.nix gives each RPC client's password to the
+        # client's user with group root; the operator group reads only its own credentials).
+        policy = {
+            "bitcoind-rpc-fulcrum-password": "fulcrum root 600",
+            "bitcoind-rpc-lnd-password": "lnd root 600",
+            "bitcoind-rpcauth": "bitcoind bitcoind 600",
+            "bitcoind-cli-credentials": "root bcm-operator 640",
+            "lnd-wallet-password": "lnd lnd 600",
+            "kafka-jaas": "kafka kafka 600",
+        }
+        assert policy.keys() <= cfg["secrets"].keys(), sorted(cfg["secrets"])
+        for name, secret in cfg["secrets"].items():
+            declared = f"{secret['owner']} {secret['group']} {secret['mode'].lstrip('0')}"
+            assert policy.get(name, declared) == declared, f"{name} is declared {declared}, expected {policy[name]}"
+            got = machine.succeed(f"stat -c '%U %G %a' {secret['file']}").strip()
+            assert got == declared, f"{secret['file']}: {got} != {declared}"
 
     with subtest("bitcoind keeps blocks on bulk and chainstate on fast"):
         machine.wait_for_unit("bitcoind.service")
         as_operator("bitcoin-cli createwallet test")
         as_operator("bitcoin-cli -generate 110")
-        machine.succeed("test -e /srv/bulk/bitcoind/blocks/regtest/blocks/blk00000.dat")
-        machine.succeed("test -d /srv/fast/bitcoind/regtest/chainstate")
-        machine.succeed("test -d /srv/fast/bitcoind/regtest/indexes/txindex")
-        machine.fail("test -e /srv/fast/bitcoind/regtest/blocks/blk00000.dat")
-        assert_on_tier(machine, "/srv/bulk/bitcoind/blocks/regtest/blocks/blk00000.dat", tiers["bulk"])
-        assert_on_tier(machine, "/srv/fast/bitcoind/regtest/chainstate", tiers["fast"])
+        bitcoind = cfg["bitcoind"]
+        blocks = f"{bitcoind['blocksDir']}/{bitcoind['chain']}/blocks/blk00000.dat"
+        chainstate = f"{bitcoind['dataDir']}/{bitcoind['chain']}/chainstate"
+        machine.succeed(f"test -e {blocks}")
+        machine.succeed(f"test -d {chainstate}")
+        machine.succeed(f"test -d {bitcoind['dataDir']}/{bitcoind['chain']}/indexes/txindex")
+        machine.fail(f"test -e {bitcoind['dataDir']}/{bitcoind['chain']}/blocks/blk00000.dat")
+        assert_on_tier(machine, blocks, tiers["bulk"])
+        assert_on_tier(machine, chainstate, tiers["fast"])
 
     with subtest("RPC users are limited by rpcwhitelist"):
         def rpc_status(user, method):
+            request = json.dumps({"jsonrpc": "1.0", "id": 1, "method": method, "params": []})
             return machine.succeed(
-                f"curl -s -o /dev/null -w '%{{http_code}}' --user {user}:$(cat /var/lib/bcm-secrets/bitcoind-rpc-{user}-password)"
-                f" --data-binary '{{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"{method}\",\"params\":[]}}' http://127.0.0.1:18443/"
+                f"curl -s -o /dev/null -w '%{{http_code}}' --user {user}:$(cat {bitcoind['passwordFiles'][user]})"
+                f" --data-binary {shlex.quote(request)} http://127.0.0.1:{bitcoind['rpcPort']}/"
             ).strip()
         assert rpc_status("fulcrum", "getblockchaininfo") == "200"
         assert rpc_status("fulcrum", "stop") == "403"
@@ -119,7 +165,7 @@
 
     with subtest("lndinit makes LND's wallet before LND starts; LND unlocks it without interaction"):
         machine.wait_for_unit("lnd.service")
-        wait_for_lnd_server(machine, "operator")
+        wait_for_lnd_server(machine, operator)
         wallet = f"{lnd['networkDir']}/wallet.db"
         seed = lnd["seedMnemonicFile"]
         assert_on_tier(machine, wallet, tiers["fast"])
@@ -146,37 +192,58 @@
         # After a restart LND unlocks the same wallet by itself.
         machine.succeed("systemctl restart lnd.service")
         machine.wait_for_unit("lnd.service")
-        wait_for_lnd_server(machine, "operator")
+        wait_for_lnd_server(machine, operator)
         assert int(machine.succeed(f"stat -c %W {wallet}")) == born, "the wallet was made anew"
         as_operator("lncli getinfo")
         # The operator's macaroon cannot mint new macaroons.
-        machine.fail("runuser -l operator -c 'lncli bakemacaroon info:read'")
+        machine.fail(f"runuser -l {operator} -c 'lncli bakemacaroon info:read'")
         # The operator cannot read LND's own secrets.
-        machine.fail(f"runuser -u operator -- cat {seed}")
-        machine.fail(f"runuser -u operator -- cat {lnd['walletPasswordFile']}")
+        machine.fail(f"runuser -u {operator} -- cat {seed}")
+        machine.fail(f"runuser -u {operator} -- cat {lnd['walletPasswordFile']}")
 
     with subtest("Fulcrum indexes the chain"):
         machine.wait_for_unit("fulcrum.service")
-        assert_on_tier(machine, "/srv/fast/fulcrum", tiers["fast"])
+        fulcrum = cfg["fulcrum"]
+        assert_on_tier(machine, fulcrum["dataDir"], tiers["fast"])
         # One Electrum request over bash's /dev/tcp: nixpkgs' netcat is LibreSSL's, without -q.
         request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "blockchain.headers.subscribe", "params": []})
-        electrum = f"exec 3<>/dev/tcp/127.0.0.1/50001; printf '%s\\n' {shlex.quote(request)} >&3; timeout 10 head -n 1 <&3"
+        electrum = f"exec 3<>/dev/tcp/127.0.0.1/{fulcrum['port']}; printf '%s\\n' {shlex.quote(request)} >&3; timeout 10 head -n 1 <&3"
         machine.wait_until_succeeds(
             f"bash -c {shlex.quote(electrum)} | jq -e '.result.height == 110'",
             timeout=300,
         )
 
+    with subtest("no generated secret is readable by an unprivileged user anywhere"):
+        # The secrets are made on the host after the store was built, so the store cannot hold
+        # them. What can leak is a copy on the host: a runtime config, a log, a file with a
+        # loose mode. Search every file `nobody` can read outside the store.
+        def readable_copies(value):
+            return machine.succeed(
+                f"runuser -u nobody -- grep -rlsF -e {shlex.quote(value)} /etc /run /var /srv /tmp /home /root || true"
+            ).split()
+        values = {path: machine.succeed(f"cat {path}").strip() for path in cfg["primarySecretFiles"]}
+        # The search finds a copy where there is one.
+        canary = next(iter(values.values()))
+        machine.succeed(f"printf '%s\\n' {shlex.quote(canary)} > /tmp/canary && chmod 0644 /tmp/canary")
+        assert readable_copies(canary) == ["/tmp/canary"], readable_copies(canary)
+        machine.succeed("rm /tmp/canary")
+        for path, value in values.items():
+            copies = readable_copies(value)
+            assert copies == [], f"{path} can be read by anyone in {copies}"
+
     with subtest("onion addresses are readable by the operator, the keys are not"):
         machine.wait_for_unit("tor.service")
-        for name in ["bitcoind", "fulcrum", "lnd", "monerod", "monerod-rpc"]:
-            address = as_operator(f"cat /var/lib/bcm-onion/{name}").strip()
-            assert address.endswith(".onion") and len(address) == 62, address
-        machine.fail("runuser -u operator -- cat /var/lib/tor/onion/bitcoind/hs_ed25519_secret_key")
-        onion = machine.succeed("cat /var/lib/bcm-onion/bitcoind").strip()
+        tor = cfg["tor"]
+        for name, hostname_file in tor["onions"].items():
+            address = as_operator(f"cat {hostname_file}").strip()
+            assert address.endswith(".onion") and len(address) == 62, f"{name}: {address}"
+            machine.fail(f"runuser -u {operator} -- cat {tor['dataDir']}/onion/{name}/hs_ed25519_secret_key")
+        onion = machine.succeed(f"cat {tor['onions']['bitcoind']}").strip()
         assert onion in as_operator("bitcoin-cli getnetworkinfo"), "bitcoind does not announce its onion"
 
     with subtest("Tor enforcement keeps peer daemons on loopback"):
-        for unit in ["bitcoind", "lnd", "monerod"]:
+        assert tor["enforced"], "no service has tor.enforce"
+        for unit in tor["enforced"]:
             allow = machine.succeed(f"systemctl show -p IPAddressAllow --value {unit}").strip()
             deny = machine.succeed(f"systemctl show -p IPAddressDeny --value {unit}").strip()
             assert "127.0.0.0/8" in allow and "0.0.0.0/0" not in allow, f"{unit}: {allow}"
@@ -184,25 +251,43 @@
 
     with subtest("monerod answers on its restricted RPC and publishes on ZMQ"):
         machine.wait_for_unit("monerod.service")
-        assert_on_tier(machine, "/srv/bulk/monerod", tiers["bulk"])
-        machine.wait_until_succeeds("curl -sf http://127.0.0.1:18089/get_info | jq -e '.status == \"OK\"'", timeout=300)
-        machine.wait_until_succeeds("ss -ltn | grep -q '127.0.0.1:18084'")
+        monerod = cfg["monerod"]
+        assert_on_tier(machine, monerod["dataDir"], tiers["bulk"])
+        machine.wait_until_succeeds(
+            f"curl -sf http://127.0.0.1:{monerod['restrictedRpcPort']}/get_info | jq -e '.status == \"OK\"'", timeout=300
+        )
+        machine.wait_until_succeeds(f"ss -ltn | grep -qF '127.0.0.1:{monerod['zmqPubPort']} '")
         as_operator("monerod-cli status")
 
     with subtest("Kafka runs KRaft on loopback with SASL and has the declared topics"):
         machine.wait_for_unit("kafka.service")
         machine.wait_for_unit("kafka-topics.service")
-        assert_on_tier(machine, "/srv/fast/kafka", tiers["fast"])
-        topics = as_operator("kafka-cli topics --list")
-        assert "bcm.test" in topics, topics
-        machine.fail("ss -ltn | grep ':9092' | grep -v '127.0.0.1:9092'")
+        kafka = cfg["kafka"]
+        assert_on_tier(machine, kafka["dataDir"], tiers["fast"])
+        topics = as_operator("kafka-cli topics --list").split()
+        assert set(kafka["topics"]) <= set(topics), topics
+        for port in [kafka["port"], kafka["controllerPort"]]:
+            listeners = machine.succeed(f"ss -ltnH 'sport = :{port}'").splitlines()
+            assert listeners, f"nothing listens on {port}"
+            for line in listeners:
+                # Java binds IPv4 addresses on an IPv6 socket: [::ffff:127.0.0.1]:9092.
+                address = line.split()[3].rsplit(":", 1)[0].strip("[]")
+                assert address in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), line
 
     with subtest("a missing bulk disk stops the services that store data there"):
-        machine.succeed("systemctl stop srv-bulk.mount")
-        machine.wait_until_fails("systemctl is-active bitcoind.service")
-        machine.wait_until_fails("systemctl is-active monerod.service")
+        assert set(cfg["bulkUnits"]) >= {"bitcoind", "monerod"}, cfg["bulkUnits"]
+        mount = machine.succeed(f"systemd-escape --path --suffix=mount {tiers['bulk']['path']}").strip()
+        machine.succeed(f"systemctl stop {mount}")
+        for unit in cfg["bulkUnits"]:
+            machine.wait_until_fails(f"systemctl is-active {unit}.service")
         machine.succeed("systemctl is-active kafka.service")
-        machine.succeed("systemctl start srv-bulk.mount bitcoind.service monerod.service")
-        machine.wait_for_unit("bitcoind.service")
+        # Back to where it was: the mount, the units on it and those that need them.
+        machine.succeed(f"systemctl start {mount}")
+        machine.succeed("systemctl start multi-user.target")
+        for unit in cfg["bulkUnits"] + ["lnd", "fulcrum"]:
+            machine.wait_for_unit(f"{unit}.service")
+
+    with subtest("no unit failed, not even one that Restart= brought back"):
+        assert_no_unit_failed(machine)
   '';
 }
