@@ -3,8 +3,9 @@
 # a VM test can get wrong without any test failing: a storage tier that is not mounted in the VM
 # (qemu-vm.nix drops the host's `fileSystems`, so the services write to the root disk and a
 # "blocks on bulk" check passes there), a tier on a disk the VM does not have, failed
-# assertions, and a test script that does not evaluate against its nodes.
-# Returns a list of { check; ok; detail; } like eval.nix.
+# assertions, and a test script that does not evaluate against its nodes or is not Python.
+# Returns a list of { check; ok; detail; } like eval.nix; an entry with `pythonScript` is decided
+# by `run`, which compiles the script.
 #   nixpkgsLib   path of nixpkgs' lib/
 { nixpkgsLib }:
 let
@@ -129,6 +130,13 @@ let
       (check "${testName}: the test script evaluates against its nodes" (
         scriptEvaluates.success && lib.isString script
       ) "evaluating testScript threw")
-    ];
+    ]
+    # `run` compiles the script with Python, as the test driver does before it starts a VM.
+    ++ lib.optional (scriptEvaluates.success && lib.isString script) {
+      check = "${testName}: the test script is valid Python";
+      ok = true;
+      detail = "";
+      pythonScript = script;
+    };
 in
 lib.concatLists (lib.mapAttrsToList testChecks tests)
