@@ -43,11 +43,10 @@
         default = bcm-tools;
       });
 
+      # What `nix flake check` runs: no VM, so no KVM needed. The VM tests are below.
       checks = forAllSystems (
         pkgs:
-        import ./nixos-tests {
-          inherit pkgs self;
-        }
+        (import ./nixos-tests { inherit pkgs self; }).checks
         // {
           bcm-tools = self.packages.${pkgs.stdenv.hostPlatform.system}.bcm-tools;
           # hosts/ is what gen-host makes of examples/; a hand edit or a stale host fails here.
@@ -63,6 +62,12 @@
               '';
         }
       );
+
+      # The VM tests, which need KVM: `nix build .#vmTests.<name>` (nixos-tests/vm-tests.nix).
+      # Not in `checks`, so `nix flake check` passes where there is no KVM.
+      legacyPackages = forAllSystems (pkgs: {
+        inherit (import ./nixos-tests { inherit pkgs self; }) vmTests;
+      });
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
