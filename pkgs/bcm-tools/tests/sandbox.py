@@ -355,9 +355,10 @@ class Host:
     def unit(self, name: str) -> dict[str, Any]:
         return self.export["units"][name]
 
-    def start(self, name: str, *, wait_main: bool | None = None, timeout: float = 300) -> Running | None:
+    def start(self, name: str, *, wait_main: bool | None = None, post: bool = True, timeout: float = 300) -> Running | None:
         """Runs ExecStartPre, starts ExecStart, then runs ExecStartPost, as systemd does. A
-        oneshot unit's ExecStart runs to completion; others keep running (see `stop`)."""
+        oneshot unit's ExecStart runs to completion; others keep running (see `stop`).
+        `post=False` leaves ExecStartPost out, for a test that watches the daemon alone."""
         unit = self.unit(name)
         config = unit["serviceConfig"]
         self._prepare_runtime(name, config)
@@ -373,7 +374,7 @@ class Host:
         process = self._spawn(name, Command.parse(main), log.open("ab"))
         running = Running(name, process, log)
         self.running.append(running)
-        for line in as_list(config.get("ExecStartPost")):
+        for line in as_list(config.get("ExecStartPost")) if post else []:
             if process.poll() is not None:
                 raise UnitFailed(name, main, process.returncode, running.output())
             self.run_command(name, line, timeout=timeout)

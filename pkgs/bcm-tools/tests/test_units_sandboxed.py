@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lnd_regtest import Btcd, require_daemons, wait_for
+from lnd_regtest import BURN_ADDRESS, Btcd, require_daemons, wait_for
 from sandbox import Host, UnitFailed, load_export, sandbox_tools_missing, wait_port
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.repo]
@@ -232,3 +232,137 @@ def test_directories_step_on_a_root_squashed_tier_says_what_to_run_on_the_server
     os.chown(tier / "monerod", uid, gid)
     (tier / "monerod").chmod(0o750)
     host.run_command("monerod", dirs_step)
+
+
+# -- LND -----------------------------------------------------------------------------------
+
+LND_REST = "https://127.0.0.1:8080"
+
+
+@pytest.fixture
+def lnd_host(export, make_host, tmp_path) -> Iterator[tuple[Host, Btcd]]:
+    """regtest1 with its secrets generated and btcd in place of bitcoind.
+
+    bitcoind has no binary on these machines (the VM tests run the real pairing): the rendered
+    lnd.conf gets `bitcoin.node=btcd` and a [Btcd] section; every other line is the module's."""
+    daemons = require_daemons()
+    host = make_host(export)
+    btcd = Btcd(Path(daemons["BTCD_BIN"]), host.path("/var/lib/btcd-for-tests"))
+    btcd.start(mining_address=BURN_ADDRESS)
+    btcd.mine(3)
+    # The private /tmp of the unit hides the test's; the cert is read from the host's /var.
+    host.path("/var/lib/btcd-for-tests").chmod(0o755)
+    host.replace_file(
+        "-lnd.conf",
+        lambda text: text.replace("bitcoin.node=bitcoind", "bitcoin.node=btcd")
+        + f"\n[Btcd]\nbtcd.rpchost=127.0.0.1:{btcd.rpc_port}\nbtcd.rpcuser={btcd.user}\nbtcd.rpcpass={btcd.password}\nbtcd.rpccert=/var/lib/btcd-for-tests/rpc.cert\n",
+    )
+    host.start("bcm-secrets")
+    publish_onion(host, "lnd")
+    yield host, btcd
+    host.stop_all()
+    btcd.stop()
+
+
+def lnd_tls(host: Host) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(host.path("/srv/fast/lnd-tls/tls.cert")))
+
+
+def rest_error(call) -> str | None:
+    """The error an LND REST call answers with, or None if it succeeded."""
+    try:
+        call()
+    except urllib.error.HTTPError as err:
+        return f"{err.code} {err.read().decode(errors='replace')}"
+    return None
+
+
+def plant_wallet(host: Host) -> Any:
+    """What any local user can try: LND's WalletUnlocker needs no macaroon."""
+    context = lnd_tls(host)
+    seed = http_json(f"{LND_REST}/v1/genseed", context=context)["cipher_seed_mnemonic"]
+    password = base64.b64encode(b"an attacker's password").decode()
+    return http_json(f"{LND_REST}/v1/initwallet", {"wallet_password": password, "cipher_seed_mnemonic": seed}, context=context)
+
+
+def lncli(host: Host, daemons: dict[str, str], macaroon: str, *args: str) -> Any:
+    run = subprocess.run(
+        [
+            f"{daemons['LND_BIN']}/lncli",
+            "--network=regtest",
+            "--rpcserver=127.0.0.1:10009",
+            f"--tlscertpath={host.path('/srv/fast/lnd-tls/tls.cert')}",
+            f"--macaroonpath={host.path(macaroon)}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+@pytest.mark.lnd
+@pytest.mark.btcd
+def test_lnd_creates_its_wallet_before_listening_and_bakes_the_operator_macaroon(lnd_host):
+    host, btcd = lnd_host
+    daemons = require_daemons()
+    host.start("lnd", timeout=300)
+
+    seed = host.path("/srv/fast/lnd/seed-mnemonic")
+    assert seed.stat().st_uid == host.uid("lnd") and (seed.stat().st_mode & 0o777) == 0o600
+    assert len(seed.read_text().split()) == 24
+    assert host.path("/srv/fast/lnd/data/chain/bitcoin/regtest/wallet.db").is_file()
+
+    operator_macaroon = "/var/lib/bcm-secrets/lnd-macaroons/operator.macaroon"
+    baked = host.path(operator_macaroon)
+    assert (baked.stat().st_uid, baked.stat().st_gid, baked.stat().st_mode & 0o777) == (0, host.gid("bcm-operator"), 0o640)
+    info = lncli(host, daemons, operator_macaroon, "getinfo")
+    assert info["alias"] == "regtest1" and len(info["identity_pubkey"]) == 66
+    # A macaroon for the operator, not the admin one: it cannot bake more macaroons.
+    refused = subprocess.run(
+        [f"{daemons['LND_BIN']}/lncli", "--network=regtest", "--rpcserver=127.0.0.1:10009", f"--tlscertpath={host.path('/srv/fast/lnd-tls/tls.cert')}", f"--macaroonpath={baked}", "bakemacaroon", "info:read"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "permission denied" in refused.stderr
+
+    # The WalletUnlocker is never open to a local user: the wallet existed before LND listened.
+    assert rest_error(lambda: plant_wallet(host)) is not None
+
+    # A restart unlocks the same wallet with the same seed: lndinit leaves it alone.
+    (running,) = host.running
+    host.stop(running)
+    words = seed.read_text()
+    host.start("lnd", timeout=300)
+    assert seed.read_text() == words
+    assert lncli(host, daemons, operator_macaroon, "getinfo")["identity_pubkey"] == info["identity_pubkey"]
+
+
+@pytest.mark.lnd
+@pytest.mark.btcd
+def test_with_wallet_unlock_allow_create_any_local_user_plants_the_wallet(lnd_host):
+    """The module before its fix: no lnd-init-wallet step, `wallet-unlock-allow-create` on, and
+    the wallet left for the post-start script to create."""
+    host, _ = lnd_host
+    config = host.unit("lnd")["serviceConfig"]
+    config["ExecStartPre"] = [line for line in config["ExecStartPre"] if "lnd-init-wallet" not in line]
+    host.replace_file("-lnd.conf", lambda text: text.replace("[Application Options]\n", "[Application Options]\nwallet-unlock-allow-create=true\n", 1))
+    lnd = host.start("lnd", post=False)
+    wait_port(8080, "LND's REST port", lnd)
+    wait_for("LND's certificate", host.path("/srv/fast/lnd-tls/tls.cert").is_file, timeout=60)
+    planted = wait_for("the unlocker", lambda: plant_wallet(host), timeout=60, interval=0.5)
+    assert planted.get("admin_macaroon"), "a stranger's seed became the node's wallet"
+
+
+@pytest.mark.lnd
+@pytest.mark.btcd
+def test_lnd_dies_at_start_when_it_lists_interfaces_without_netlink(lnd_host):
+    """The module before its fix: no `tlsdisableautofill`, so LND lists every interface address
+    for its certificate, over netlink, which RestrictAddressFamilies refuses."""
+    host, _ = lnd_host
+    host.replace_file("-lnd.conf", lambda text: text.replace("tlsdisableautofill=true\n", ""))
+    lnd = host.start("lnd", post=False)
+    assert lnd.process.wait(120) != 0
+    assert "netlinkrib: address family not supported by protocol" in lnd.output()
