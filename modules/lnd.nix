@@ -55,24 +55,52 @@ let
     }
   ];
 
+  # lndinit's --network knows mainnet, testnet(3), regtest and simnet. For a wallet file the
+  # network only sets the HD key version and coin type, which all test networks share, and the
+  # genesis block the wallet starts from, which btcwallet replaces at first sync by the birthday
+  # block it finds on the real chain; so signet and testnet4 get a testnet wallet.
+  initNetwork =
+    {
+      mainnet = "mainnet";
+      regtest = "regtest";
+      signet = "testnet";
+      testnet4 = "testnet";
+    }
+    .${lndNetwork};
+
   # Runs as the lnd user before LND starts, so the wallet exists before LND listens: LND's
   # WalletUnlocker API is unauthenticated, and any local user who reached it first could plant
-  # a seed of their own. lndinit leaves an existing wallet alone (after checking the password).
+  # a seed of their own.
   initWallet = pkgs.writeShellScript "lnd-init-wallet" ''
     set -euo pipefail
     umask 0077
-    lndinit=${lib.getExe cfg.initPackage}
-    if [ ! -s ${cfg.seedMnemonicFile} ] && [ ! -e ${cfg.networkDir}/wallet.db ]; then
-      "$lndinit" gen-seed > ${cfg.seedMnemonicFile}.tmp
-      ${pkgs.coreutils}/bin/mv ${cfg.seedMnemonicFile}.tmp ${cfg.seedMnemonicFile}
+    PATH=${lib.makeBinPath [ pkgs.coreutils ]}
+    # An existing wallet is LND's alone; a wrong password stops LND itself ("error unlocking
+    # wallet with password from file"). lndinit's own check would need the seed file, which may
+    # have gone offline after its backup, and opens the wallet with lndinit's btcwallet, which
+    # upgrades the wallet's schema, or refuses one LND already upgraded.
+    if [ -e ${cfg.networkDir}/wallet.db ]; then
+      exit 0
     fi
+    lndinit=${lib.getExe cfg.initPackage}
+    # A seed left by an attempt that stopped before the wallet was written is used again, so the
+    # mnemonic on disk always belongs to the wallet.
+    if [ ! -s ${cfg.seedMnemonicFile} ]; then
+      "$lndinit" gen-seed > ${cfg.seedMnemonicFile}.tmp
+      mv ${cfg.seedMnemonicFile}.tmp ${cfg.seedMnemonicFile}
+    fi
+    # Made beside its place and moved in whole: LND takes any wallet.db for a wallet, so one cut
+    # short would never be made again.
+    rm -rf ${cfg.networkDir}/wallet-init
     "$lndinit" init-wallet \
-      --network=${lndNetwork} \
+      --network=${initNetwork} \
       --secret-source=file \
       --file.seed=${cfg.seedMnemonicFile} \
       --file.wallet-password=${cfg.walletPasswordFile} \
-      --init-file.output-wallet-dir=${cfg.networkDir} \
-      --init-file.validate-password
+      --init-type=file \
+      --init-file.output-wallet-dir=${cfg.networkDir}/wallet-init
+    mv ${cfg.networkDir}/wallet-init/wallet.db ${cfg.networkDir}/wallet.db
+    rmdir ${cfg.networkDir}/wallet-init
   '';
 
   lncliAdmin = "${cfg.package}/bin/lncli --lnddir=${cfg.dataDir} --network=${lndNetwork} --rpcserver=${cfg.rpc.endpoint} --tlscertpath=${cfg.tlsCert} --macaroonpath=${cfg.adminMacaroon}";
@@ -274,7 +302,7 @@ in
       type = lib.types.str;
       readOnly = true;
       default = "${cfg.dataDir}/seed-mnemonic";
-      description = "The wallet's aezeed mnemonic, written by lndinit before the wallet is created, mode 0600. Back it up.";
+      description = "The wallet's aezeed mnemonic, written by lndinit before the wallet is created, mode 0600. Back it up; LND never reads it, so it may then be removed.";
     };
 
     cli = lib.mkOption {
