@@ -79,9 +79,7 @@ python3Packages.buildPythonApplication {
     "lnd"
     "btcd"
     "monerod"
-    "kafka"
     "tor"
-    "lxd"
     "nix"
     "repo"
   ];
