@@ -74,7 +74,8 @@ python3Packages.buildPythonApplication {
       age
       openssh
     ];
-  # Tests that start daemons need them on loopback; the VM tests cover those under Nix.
+  # Tests that start daemons (LND, btcd, Tor, monerod), need nix-instantiate or read files outside
+  # this source cannot run in the build sandbox; scripts/test runs them. No VM test runs bcm-tools.
   disabledTestMarks = [
     "lnd"
     "btcd"

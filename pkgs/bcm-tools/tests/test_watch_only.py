@@ -3,8 +3,8 @@
 There is no bitcoind on these machines (Debian does not package it), so a small HTTP server on
 127.0.0.1 stands in for its JSON-RPC interface: it records every request exactly as bitcoind
 would receive it (path, Basic auth, method, params) and answers with bitcoind's documented reply
-shapes. The assertions are about those requests. The VM tests run the same command against a
-real bitcoind.
+shapes. The assertions are about those requests. No test runs this command against a real
+bitcoind: the VM tests do not run bcm-tools.
 """
 
 from __future__ import annotations
