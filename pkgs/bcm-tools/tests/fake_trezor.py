@@ -1,9 +1,12 @@
 """A FAKE Trezor, standing in for the device below trezorlib: a trezorlib `Transport`.
 
 No Trezor (and no buildable emulator) is available to the tests, so this class plays the
-firmware's part on the wire. trezorlib itself runs unchanged above it: protocol detection, the
-protocol-v1 framing and protobuf encoding, session setup with Initialize and the root
-fingerprint, ButtonRequest/ButtonAck, and the conversion of a refusal into `Cancelled`. The fake
+firmware's part on the wire. trezorlib itself runs unchanged above it: protocol detection,
+protocol v1 as a Trezor speaks it over USB (each message cut into 64-byte reports, the first
+starting with `?##`, the message type and length, the others with `?`, zero-padded), protobuf
+encoding, session setup with Initialize and the root fingerprint, ButtonRequest/ButtonAck, and the
+conversion of a refusal into `Cancelled`. The fake reassembles trezorlib's reports and cuts its
+replies the same way, written here from the protocol rather than taken from trezorlib. The fake
 answers the messages bcm-tools leads trezorlib to send (GetFeatures, Initialize, GetPublicKey,
 CipherKeyValue), asking for a button press where a real Trezor would. Keys come from the `slip10`
 package (which trezorlib depends on), not from bcm_tools, so agreement between the two is
@@ -23,14 +26,15 @@ from mnemonic import Mnemonic
 from slip10 import SLIP10
 from trezorlib import messages
 from trezorlib.mapping import DEFAULT_MAPPING
-from trezorlib.transport import Timeout, Transport
+from trezorlib.transport import Timeout, Transport, TransportException
 
 _SESSION_ID = bytes(range(32))
+_REPORT = 64  # bytes in one USB report
 
 
 class FakeTrezorTransport(Transport):
     PATH_PREFIX = "fake"
-    CHUNK_SIZE = None  # whole messages, as trezorlib's Bridge transport delivers them
+    CHUNK_SIZE = 64  # one USB HID/WebUSB report, as trezorlib's USB transports use
     ENABLED = True
 
     def __init__(self, mnemonic: str, *, refuse: bool = False) -> None:
@@ -39,6 +43,11 @@ class FakeTrezorTransport(Transport):
         self.received: list[object] = []
         self.button_requests = 0
         self._replies: deque[bytes] = deque()
+        # Every 64-byte report in each direction, and per message: (direction, name, reports).
+        self.reports_received: list[bytes] = []
+        self.reports_sent: list[bytes] = []
+        self.messages: list[tuple[str, str, int]] = []
+        self._incoming: tuple[int, int, bytearray, int] | None = None  # type, length, data, reports
         self._waiting_for_button: object | None = None
         self._open_now = False
 
@@ -57,9 +66,27 @@ class FakeTrezorTransport(Transport):
         self._open_now = False
 
     def write_chunk(self, chunk: bytes, /) -> None:
-        msg_type, length = struct.unpack(">HL", chunk[:6])
-        message = DEFAULT_MAPPING.decode(msg_type, chunk[6 : 6 + length])
+        if len(chunk) != _REPORT:
+            raise TransportException(f"a USB report is {_REPORT} bytes, not {len(chunk)}")
+        self.reports_received.append(chunk)
+        if self._incoming is None:
+            if chunk[:3] != b"?##":
+                raise TransportException(f"first report of a message without '?##': {chunk.hex()}")
+            msg_type, length = struct.unpack(">HL", chunk[3:9])
+            self._incoming = (msg_type, length, bytearray(chunk[9:]), 1)
+        else:
+            if chunk[:1] != b"?":
+                raise TransportException(f"continuation report without '?': {chunk.hex()}")
+            msg_type, length, data, reports = self._incoming
+            data.extend(chunk[1:])
+            self._incoming = (msg_type, length, data, reports + 1)
+        msg_type, length, data, reports = self._incoming
+        if len(data) < length:
+            return
+        self._incoming = None
+        message = DEFAULT_MAPPING.decode(msg_type, bytes(data[:length]))
         self.received.append(message)
+        self.messages.append(("in", type(message).__name__, reports))
         self._reply(self._handle(message))
 
     def read_chunk(self, *, timeout: float | None = None) -> bytes:
@@ -71,7 +98,11 @@ class FakeTrezorTransport(Transport):
 
     def _reply(self, message: object) -> None:
         msg_type, data = DEFAULT_MAPPING.encode(message)
-        self._replies.append(struct.pack(">HL", msg_type, len(data)) + data)
+        stream = b"##" + struct.pack(">HL", msg_type, len(data)) + data
+        reports = [(b"?" + stream[i : i + _REPORT - 1]).ljust(_REPORT, b"\0") for i in range(0, len(stream), _REPORT - 1)]
+        self._replies.extend(reports)
+        self.reports_sent.extend(reports)
+        self.messages.append(("out", type(message).__name__, len(reports)))
 
     def _handle(self, msg: object) -> object:
         if isinstance(msg, messages.Cancel):

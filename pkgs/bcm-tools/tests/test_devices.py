@@ -145,6 +145,25 @@ def test_refusal_through_the_cli_is_one_line(capsys, monkeypatch, tmp_path):
     assert not (tmp_path / "secrets").exists()
 
 
+def test_messages_cross_the_usb_wire_in_64_byte_reports():
+    """Protocol v1 as a Trezor speaks it over USB: trezorlib cuts every message into 64-byte
+    reports and reassembles the device's; the fake does the device's half from the protocol."""
+    device, transport = trezor(ABANDON)
+    with device:
+        recipient = operator_age_recipient(device)
+        node = device.public_node(parse_path(BIP86["account_path"]))
+    assert recipient == operator_age_recipient(MnemonicDevice(ABANDON))
+    assert serialize(node, "xpub") == BIP86["account_xpub"]
+    reports = transport.reports_received + transport.reports_sent
+    assert {len(report) for report in reports} == {64}
+    # A message longer than one report (path, key name and 32-byte value; a node with its xpub)
+    # crossed as several, and came out whole on the other side.
+    assert ("in", "CipherKeyValue", 2) in transport.messages
+    assert ("out", "PublicKey", 2) in transport.messages
+    first_reports = sum(1 for r in transport.reports_received if r.startswith(b"?##"))
+    assert first_reports == sum(1 for d, _, _ in transport.messages if d == "in")
+
+
 def test_transport_is_released_after_use():
     device, transport = trezor(ABANDON)
     with device:
