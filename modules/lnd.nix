@@ -103,7 +103,7 @@ let
     rmdir ${cfg.networkDir}/wallet-init
   '';
 
-  lncliAdmin = "${cfg.package}/bin/lncli --lnddir=${cfg.dataDir} --network=${lndNetwork} --rpcserver=${cfg.rpc.endpoint} --tlscertpath=${cfg.tlsCert} --macaroonpath=${cfg.adminMacaroon}";
+  lncliAdmin = "${cfg.package}/bin/lncli --network=${lndNetwork} --rpcserver=${cfg.rpc.endpoint} --tlscertpath=${cfg.tlsCert} --macaroonpath=${cfg.adminMacaroon}";
 
   # Runs as root ("+") after LND started: bakes the macaroons other units asked for and hands
   # each to its user.
@@ -233,7 +233,7 @@ in
       description = "REST port.";
     };
 
-    dataDir = bcmLib.mkTierDirOption config "fast" "lnd" "`lnddir`: wallet, channel database, TLS key. Fast tier by default.";
+    dataDir = bcmLib.mkTierDirOption config "fast" "lnd" "LND's wallet, channel database, logs and TLS key. Fast tier by default.";
 
     certDir = lib.mkOption {
       type = lib.types.str;
@@ -400,7 +400,14 @@ in
         {
           "Application Options" = {
             alias = cfg.alias;
-            lnddir = cfg.dataDir;
+            # Each path on its own, never `lnddir`: LND resets the certificate, key, data, log
+            # and Let's Encrypt paths to defaults under `lnddir` whenever it is set (config.go,
+            # "This option overwrites all other directory options"), so the certificate would
+            # never reach certDir. The layout is the one `lnddir = dataDir` gives.
+            datadir = "${cfg.dataDir}/data";
+            logdir = "${cfg.dataDir}/logs";
+            letsencryptdir = "${cfg.dataDir}/letsencrypt";
+            "watchtower.towerdir" = "${cfg.dataDir}/data/watchtower";
             listen = bcmLib.hostPort cfg.address cfg.port;
             rpclisten = cfg.rpc.endpoint;
             restlisten = bcmLib.hostPort cfg.restAddress cfg.restPort;
@@ -494,7 +501,7 @@ in
               "${initWallet}"
               "${prepareConfig}"
             ];
-            ExecStart = "${cfg.package}/bin/lnd --lnddir=${cfg.dataDir} --configfile=${runtimeConfig}";
+            ExecStart = "${cfg.package}/bin/lnd --configfile=${runtimeConfig}";
             # "+": baking macaroons for other users needs root to hand them over.
             ExecStartPost = "+${postStart}";
             ReadWritePaths = [

@@ -83,6 +83,7 @@ in
       inherit (user)
         uid
         group
+        extraGroups
         home
         isSystemUser
         ;

@@ -47,10 +47,13 @@ in
 lib.optionals cfg.enable (
   [
     (check "lnd: data on ${cfg.dataDir}${lib.optionalString (h.isDefault options.bcm.lnd.dataDir) " (fast tier)"}" (
-      h.hasLine conf "lnddir=${cfg.dataDir}"
+      h.hasLine conf "datadir=${cfg.dataDir}/data"
+      && h.hasLine conf "tlscertpath=${cfg.tlsCert}"
+      # lnddir would send the certificate, key and logs back to its defaults.
+      && !h.contains "lnd.conf" "lnddir="
       && (h.isDefault options.bcm.lnd.dataDir -> h.under config.bcm.storage.fast cfg.dataDir)
       && lib.elem cfg.dataDir unit.unitConfig.RequiresMountsFor
-    ) "lnddir not rendered, not on the fast tier or not guarded")
+    ) "datadir/tlscertpath not rendered (or lnddir set), not on the fast tier or not guarded")
     (check "lnd: uses bitcoind's ZMQ endpoints ${bitcoind.zmq.endpoints.rawblock}, ${bitcoind.zmq.endpoints.rawtx}" (
       h.hasLine conf "bitcoind.zmqpubrawblock=${bitcoind.zmq.endpoints.rawblock}"
       && h.hasLine conf "bitcoind.zmqpubrawtx=${bitcoind.zmq.endpoints.rawtx}"
