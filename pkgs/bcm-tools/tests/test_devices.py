@@ -69,7 +69,7 @@ def test_account_xpubs_match_bip84_and_bip86(device):
     wpkh, tr = account_keys(device, "mainnet", 0)
     assert wpkh.path == parse_path(BIP84["account_path"]) and tr.path == parse_path(BIP86["account_path"])
     assert tr.xpub == BIP86["account_xpub"]
-    assert serialize(wpkh.node, "zpub")  # serializable with SLIP-0132 too
+    assert serialize(wpkh.node, "zpub") == BIP84["account_zpub"]
     assert wpkh.address(0, 0) == BIP84["addresses"][0]["address"]
     assert tr.address(0, 0) == BIP86["addresses"][0]["address"]
     assert wpkh.master_fingerprint.hex() == "73c5da0a"  # the well-known fingerprint of this seed
@@ -174,10 +174,10 @@ def test_transport_is_released_after_use():
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("", "empty"),
-        ("abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon\n", "checksum"),
-        ("abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon bitcoinz\n", "unknown word 'bitcoinz'"),
-        ("abandon abandon abandon about\n", "word count or checksum"),
+        ("", "the mnemonic file is empty"),
+        ("abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon\n", "not a BIP-39 mnemonic (wrong word count or checksum)"),
+        ("abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon bitcoinz\n", "not a BIP-39 mnemonic (unknown word 'bitcoinz')"),
+        ("abandon abandon abandon about\n", "not a BIP-39 mnemonic (wrong word count or checksum)"),
     ],
 )
 def test_bad_mnemonic_file_is_one_line_and_non_zero(run_cli, tmp_path, content, message):
@@ -186,8 +186,7 @@ def test_bad_mnemonic_file_is_one_line_and_non_zero(run_cli, tmp_path, content, 
     result = run_cli("trezor", "ssh-pubkey", "--identity", "operator@btc1", "--device", f"mnemonic:{path}")
     assert result.returncode == CredentialError.exit_code
     assert result.stdout == ""
-    assert result.stderr.strip().splitlines() == [f"error: {path}: " + result.stderr.split(f"{path}: ", 1)[1].strip()]
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"error: {path}: {message}"]
 
 
 def test_missing_mnemonic_file(run_cli, tmp_path):

@@ -23,10 +23,14 @@ SSH_CURVES = (Curve.ED25519, Curve.NIST256P1)
 _USER_HOST = re.compile(r"^(?:(?P<user>[^@/:\s]+)@)?(?P<host>[^@/:\s]+)(?::(?P<port>\d+))?$")
 
 
+def identity_digest(uri: str, index: int = 0) -> bytes:
+    """SHA-256 of the 32-bit little-endian `index` followed by `uri`: what the path is cut from."""
+    return hashlib.sha256(struct.pack("<I", index) + uri.encode("ascii")).digest()
+
+
 def identity_path(uri: str, index: int = 0) -> list[int]:
     """The SLIP-0013 derivation path of `uri` at `index`: m/13'/A'/B'/C'/D'."""
-    digest = hashlib.sha256(struct.pack("<I", index) + uri.encode("ascii")).digest()
-    parts = struct.unpack("<IIII", digest[:16])
+    parts = struct.unpack("<IIII", identity_digest(uri, index)[:16])
     return [HARDENED | 13] + [HARDENED | part for part in parts]
 
 
