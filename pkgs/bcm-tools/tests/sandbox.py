@@ -7,7 +7,8 @@ render, by store path. A `Host` turns that into a temporary machine:
 
 - **Store.** Every rendered file is written at its store path inside a private `/nix/store`.
   Each stub package (`/nix/store/000…-<pname>`) gets a `bin/` of real programs: the daemons the
-  tests build or Debian ships (LND, lndinit, monerod, tor), and Debian's coreutils, util-linux,
+  tests build or Debian ships (LND, monerod, tor, and for lndinit, which no registry here
+  serves, the stand-in in `tests/lndinit_standin`), and Debian's coreutils, util-linux,
   openssl, jq… for the rest. A package with no program here (bitcoind, Fulcrum) has an empty
   `bin/`, so a unit that needs it fails at exec, loudly.
 - **File system.** `/srv`, `/var` and `/run` come from a directory of the test's; `/usr` and

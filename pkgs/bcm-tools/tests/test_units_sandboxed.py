@@ -244,7 +244,8 @@ def lnd_host(export, make_host, tmp_path) -> Iterator[tuple[Host, Btcd]]:
     """regtest1 with its secrets generated and btcd in place of bitcoind.
 
     bitcoind has no binary on these machines (the VM tests run the real pairing): the rendered
-    lnd.conf gets `bitcoin.node=btcd` and a [Btcd] section; every other line is the module's."""
+    lnd.conf gets `bitcoin.node=btcd` and a [Btcd] section; every other line is the module's.
+    lndinit is the stand-in scripts/test.d/20-daemons builds (tests/lndinit_standin)."""
     daemons = require_daemons()
     host = make_host(export)
     btcd = Btcd(Path(daemons["BTCD_BIN"]), host.path("/var/lib/btcd-for-tests"))
