@@ -7,11 +7,12 @@ never the credentials.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import socket
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -40,8 +41,11 @@ class RpcEndpoint:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme != "http" or not parts.hostname:
             raise UsageError(f"bitcoind RPC URL must look like http://HOST:PORT, not {url!r}")
-        user = user if user is not None else parts.username
-        password = password if password is not None else parts.password
+        # A URL carries its user and password percent-encoded (a `/`, `?` or `#` cannot appear bare).
+        if user is None and parts.username is not None:
+            user = unquote(parts.username)
+        if password is None and parts.password is not None:
+            password = unquote(parts.password)
         if not user or password is None:
             raise UsageError("bitcoind RPC needs a user and password (or a cookie file)")
         return cls(parts.hostname, parts.port or 8332, user, password)
@@ -55,12 +59,27 @@ class RpcEndpoint:
         return cls.from_url(url, user, password)
 
     def url(self, wallet: str | None) -> str:
+        """The endpoint as a URL, its user and password percent-encoded."""
         path = f"/wallet/{quote(wallet, safe='')}" if wallet is not None else "/"
-        return f"http://{self.user}:{self.password}@{self.host}:{self.port}{path}"
+        return f"http://{quote(self.user, safe='')}:{quote(self.password, safe='')}@{self.host}:{self.port}{path}"
 
     @property
     def shown(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+class _Proxy(AuthServiceProxy):
+    """python-bitcoinrpc's client for one call, logging in with the user and password themselves.
+
+    AuthServiceProxy reads the credentials back out of the URL and sends them without
+    percent-decoding, but a password with `/`, `?` or `#` can only be written into a URL
+    percent-encoded. So the Basic credentials it would send are replaced by the real ones.
+    """
+
+    def __init__(self, endpoint: RpcEndpoint, wallet: str | None, method: str) -> None:
+        super().__init__(endpoint.url(wallet), method, timeout=endpoint.timeout)
+        credentials = f"{endpoint.user}:{endpoint.password}".encode()
+        self._AuthServiceProxy__auth_header = b"Basic " + base64.b64encode(credentials)
 
 
 class _Reply(BaseModel):
@@ -104,10 +123,9 @@ class Bitcoind:
         self.endpoint = endpoint
 
     def call(self, method: str, *params: Any, wallet: str | None = None) -> Any:
-        proxy = AuthServiceProxy(self.endpoint.url(wallet), timeout=self.endpoint.timeout)
         where = f"bitcoind at {self.endpoint.shown}"
         try:
-            return getattr(proxy, method)(*params)
+            return _Proxy(self.endpoint, wallet, method)(*params)
         except JSONRPCException as err:
             error = err.error if isinstance(getattr(err, "error", None), dict) else {}
             code, message = error.get("code"), error.get("message", str(err))

@@ -44,6 +44,7 @@ class FakeBitcoind(ThreadingHTTPServer):
         self.requests: list[dict] = []
         self.overrides: dict[str, object] = {}
         self.wallets: list[str] = []
+        self.password = "s3cret"
 
     def answer(self, path: str, method: str, params: list) -> dict:
         if method in self.overrides:
@@ -77,7 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         auth = base64.b64decode(self.headers["Authorization"].split()[1]).decode()
         self.server.requests.append({"path": self.path, "auth": auth, "method": body["method"], "params": body["params"]})
-        if auth != "alice:s3cret":
+        if auth != f"alice:{self.server.password}":
             self.send_response(401)
             self.send_header("Content-Type", "text/html")
             self.end_headers()
@@ -209,6 +210,24 @@ def test_wrong_rpc_password(run_cli, bitcoind, words):
     result = watch_only(run_cli, bitcoind, words, password="wrong")
     assert result.returncode == DaemonError.exit_code
     assert result.stderr.strip().splitlines()[-1] == f"error: bitcoind at 127.0.0.1:{bitcoind.server_address[1]} rejected the RPC user or password"
+
+
+@pytest.mark.parametrize("password", ["pa/ss", "pa#ss", "pa?ss", "p@ss:w%2Fd"])
+def test_rpc_password_is_sent_as_given_whatever_it_holds(run_cli, bitcoind, words, password):
+    """`/`, `#` and `?` end a URL's authority; the password must still reach bitcoind unchanged."""
+    bitcoind.password = password
+    result = watch_only(run_cli, bitcoind, words, "--birthday", "1", password=password)
+    assert result.returncode == 0, result.stderr
+    assert {r["auth"] for r in bitcoind.requests} == {f"alice:{password}"}
+
+
+def test_rpc_credentials_in_the_url_are_percent_decoded(run_cli, bitcoind, words):
+    bitcoind.password = "pa/ss#1"
+    port = bitcoind.server_address[1]
+    result = run_cli("trezor", "watch-only", "--host", "btc1", "--device", f"mnemonic:{words}", "--birthday", "1",
+                     "--rpc-url", f"http://alice:pa%2Fss%231@127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    assert {r["auth"] for r in bitcoind.requests} == {"alice:pa/ss#1"}
 
 
 def test_bitcoind_not_running(run_cli, words):
