@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bcm_tools.keys.bech32 import encode_segwit_address
+
 CACHE = Path(os.environ.get("BCM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bcm")
 
 
@@ -81,38 +83,9 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 20) -> Non
         proc.wait(10)
 
 
-def _bech32_polymod(values: list[int]) -> int:
-    chk = 1
-    for v in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
-        for i, g in enumerate((0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)):
-            chk ^= g if (top >> i) & 1 else 0
-    return chk
-
-
-def regtest_p2wpkh_address(program: bytes) -> str:
-    """A segwit v0 regtest address (BIP 173) for a 20-byte program."""
-    charset = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-    acc, bits, five = 0, 0, [0]
-    for byte in program:
-        acc = (acc << 8) | byte
-        bits += 8
-        while bits >= 5:
-            bits -= 5
-            five.append((acc >> bits) & 31)
-    if bits:
-        five.append((acc << (5 - bits)) & 31)
-    hrp = "bcrt"
-    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    polymod = _bech32_polymod(expanded + five + [0] * 6) ^ 1
-    checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
-    return hrp + "1" + "".join(charset[d] for d in five + checksum)
-
-
 # Coinbases paid here are lost; only used to lift a fresh chain off its genesis block, which btcd
 # (and so LND, waiting for its backend to be "current") treats as not yet synced.
-BURN_ADDRESS = regtest_p2wpkh_address(bytes(20))
+BURN_ADDRESS = encode_segwit_address("bcrt", 0, bytes(20))
 
 
 class Btcd:

@@ -144,6 +144,42 @@ def test_bip380_checksum_vectors():
             verify_checksum(item["descriptor"])
 
 
+BECH32 = load("bech32.json")
+
+
+@pytest.mark.parametrize(
+    "text, encoding",
+    [(s, bech32.Encoding.BECH32) for s in BECH32["valid_bech32"]] + [(s, bech32.Encoding.BECH32M) for s in BECH32["valid_bech32m"]],
+)
+def test_bech32_and_bech32m_valid_strings(text, encoding):
+    hrp, data, found = bech32.decode(text)
+    assert found is encoding  # no string is valid as both
+    assert bech32.encode(hrp, data, encoding) == text.lower()
+
+
+@pytest.mark.parametrize(
+    "vector", BECH32["invalid_bech32"] + BECH32["invalid_bech32m"], ids=lambda v: f'{v["string"]!r}: {v["reason"]}'
+)
+def test_bech32_and_bech32m_invalid_strings(vector):
+    with pytest.raises(ValueError):
+        bech32.decode(vector["string"])
+
+
+@pytest.mark.parametrize("vector", BECH32["valid_segwit"], ids=lambda v: v["address"])
+def test_segwit_address_vectors(vector):
+    version, program = bech32.decode_segwit_address(vector["hrp"], vector["address"])
+    opcode = 0 if version == 0 else 0x50 + version  # OP_0, OP_1 .. OP_16
+    assert (bytes([opcode, len(program)]) + program).hex() == vector["script_pubkey"]
+    assert bech32.encode_segwit_address(vector["hrp"], version, program) == vector["address"].lower()
+
+
+@pytest.mark.parametrize("vector", BECH32["invalid_segwit"], ids=lambda v: f'{v["address"]}: {v["reason"]}')
+def test_invalid_segwit_address_vectors(vector):
+    for hrp in ("bc", "tb"):
+        with pytest.raises(ValueError):
+            bech32.decode_segwit_address(hrp, vector["address"])
+
+
 @given(st.text(alphabet="0123456789abcdefwpkhtr()[]/*'", min_size=1, max_size=120))
 def test_checksum_detects_any_single_substitution(body):
     """BIP-380 promises every 1-symbol error is caught; check it on random descriptors."""

@@ -1,7 +1,7 @@
 """Bech32 (BIP-173) and bech32m (BIP-350) encoding.
 
 Used for segwit addresses (v0 with bech32, v1+ with bech32m) and for age keys, which are
-plain bech32 strings without the 90-character limit of addresses.
+plain bech32 strings; age drops the 90-character limit (`decode(..., max_length=None)`).
 """
 
 from __future__ import annotations
@@ -65,8 +65,12 @@ def encode(hrp: str, data: list[int], encoding: Encoding) -> str:
     return hrp + "1" + "".join(CHARSET[d] for d in combined)
 
 
-def decode(text: str) -> tuple[str, list[int], Encoding]:
+def decode(text: str, max_length: int | None = 90) -> tuple[str, list[int], Encoding]:
     """Split a bech32/bech32m string into its hrp, 5-bit data and encoding; raise ValueError."""
+    if any(not 33 <= ord(c) <= 126 for c in text):
+        raise ValueError("character out of range in bech32 string")
+    if max_length is not None and len(text) > max_length:
+        raise ValueError(f"bech32 string longer than {max_length} characters")
     if text.lower() != text and text.upper() != text:
         raise ValueError("mixed case in bech32 string")
     text = text.lower()
