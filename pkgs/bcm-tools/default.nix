@@ -44,6 +44,7 @@ python3Packages.buildPythonApplication {
     jinja2
     tomlkit
     trezor
+    slip10
     mnemonic
     cryptography
     grpcio
@@ -67,7 +68,6 @@ python3Packages.buildPythonApplication {
       hypothesis
       tomli-w
       libagent
-      slip10
     ])
     # The secrets tests run the real age CLI and ssh-keygen.
     ++ [

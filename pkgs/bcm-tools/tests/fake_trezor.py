@@ -9,9 +9,9 @@ conversion of a refusal into `Cancelled`. The fake reassembles trezorlib's repor
 replies the same way, written here from the protocol rather than taken from trezorlib. The fake
 answers the messages bcm-tools leads trezorlib to send (GetFeatures, Initialize, GetPublicKey,
 CipherKeyValue), asking for a button press where a real Trezor would. Keys come from the `slip10`
-package (which trezorlib depends on), not from bcm_tools, so agreement between the two is
-evidence, not a tautology; the fake's answers are also pinned to Trezor's published firmware
-test vectors in test_devices.py.
+package, as bcm_tools' own do, so agreement between the two is no evidence by itself: the
+fake's answers are pinned to Trezor's published firmware test vectors (SLIP-0011, SLIP-0013) and
+to BIP-84/86 in test_devices.py.
 """
 
 from __future__ import annotations

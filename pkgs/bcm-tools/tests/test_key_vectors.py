@@ -73,8 +73,17 @@ def test_bip32_parse_round_trip_and_rejections():
     broken = chain["xpub"][:-1] + ("A" if chain["xpub"][-1] != "A" else "B")
     with pytest.raises(DerivationError):
         parse_extended_key(broken)
-    with pytest.raises(DerivationError):
+    with pytest.raises(DerivationError, match="needs the private key"):
         derive_child(node.neuter(), HARDENED)
+    with pytest.raises(DerivationError, match="only hardened"):
+        derive_child(master_node(bytes(16), Curve.ED25519), 1)
+
+
+@pytest.mark.parametrize("vector", load("bip32.json")["invalid"], ids=lambda v: v["reason"])
+def test_bip32_invalid_extended_keys_are_rejected(vector):
+    """BIP-32 test vector 5: keys whose every field decodes, but which are not valid."""
+    with pytest.raises(DerivationError):
+        parse_extended_key(vector["key"])
 
 
 @pytest.mark.parametrize("curve", ["nist256p1", "ed25519"])

@@ -4,17 +4,17 @@ An identity is a URI (`ssh://operator@btc1`) plus an index; its SHA-256 picks a 
 under 13'. trezor-agent turns `USER@HOST` into `ssh://USER@HOST` with index 0 and labels the
 public key `<ssh://USER@HOST|CURVE>`; doing the same here gives byte-identical
 `authorized_keys` lines, so a key printed by bcm-tools works with `trezor-agent USER@HOST`.
+The key itself is written in OpenSSH's format by `cryptography`.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import struct
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from bcm_tools.keys.bip32 import HARDENED, Curve
 
@@ -44,27 +44,19 @@ def ssh_identity_uri(user_at_host: str) -> str:
     return "ssh://" + text
 
 
-def _frame(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
 def openssh_public_key(curve: Curve, public_key: bytes, comment: str) -> str:
     """An `authorized_keys` line for a SLIP-0010 public key (33 bytes, 0x00-prefixed for ed25519)."""
+    key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
     if curve is Curve.ED25519:
         if len(public_key) != 33 or public_key[0] != 0:
             raise ValueError("not a SLIP-0010 ed25519 public key")
-        key_type = b"ssh-ed25519"
-        blob = _frame(key_type) + _frame(public_key[1:])
+        key = ed25519.Ed25519PublicKey.from_public_bytes(public_key[1:])
     elif curve is Curve.NIST256P1:
-        point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
-        uncompressed = point.public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        key_type = b"ecdsa-sha2-nistp256"
-        blob = _frame(key_type) + _frame(b"nistp256") + _frame(uncompressed)
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
     else:
         raise ValueError(f"SSH keys are ed25519 or nist256p1, not {curve.value}")
-    return f"{key_type.decode()} {base64.b64encode(blob).decode()} {comment}"
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return f"{line} {comment}"
 
 
 def ssh_key_comment(uri: str, curve: Curve) -> str:
