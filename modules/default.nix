@@ -11,5 +11,6 @@
     ./monerod.nix
     ./kafka.nix
     ./secrets.nix
+    ./monitoring.nix
   ];
 }

@@ -11,4 +11,5 @@
   monerod = ./monerod.nix;
   kafka = ./kafka.nix;
   secrets = ./secrets.nix;
+  monitoring = ./monitoring.nix;
 }

@@ -83,6 +83,25 @@ in
       '';
     };
 
+    controlPort = lib.mkOption {
+      type = lib.types.nullOr lib.types.port;
+      default = null;
+      example = 9051;
+      description = ''
+        Loopback port of Tor's control port, with cookie authentication; off (null) by default.
+        `bcm.monitoring` turns it on to read Tor's bootstrap progress. The cookie
+        (`controlCookieFile`) is readable by the `tor` group, and whoever reads it controls Tor:
+        add only trusted service users to that group.
+      '';
+    };
+
+    controlCookieFile = lib.mkOption {
+      type = lib.types.str;
+      readOnly = true;
+      default = "/run/tor/control.authcookie";
+      description = "The control port's authentication cookie, mode 0640, group `tor`.";
+    };
+
     dataDir = lib.mkOption {
       type = lib.types.str;
       default = "/var/lib/tor";
@@ -177,6 +196,12 @@ in
       ];
       RunAsDaemon = false;
       Log = lib.mkDefault "notice stderr";
+    }
+    // lib.optionalAttrs (cfg.controlPort != null) {
+      ControlPort = bcmLib.hostPort "127.0.0.1" cfg.controlPort;
+      CookieAuthentication = true;
+      CookieAuthFile = cfg.controlCookieFile;
+      CookieAuthFileGroupReadable = true;
     };
 
     systemd.tmpfiles.rules = [
@@ -204,6 +229,9 @@ in
           # "+": copying the addresses to root-owned, operator-readable files needs root.
           ExecStartPost = "+${exportOnionAddresses}";
           ReadWritePaths = [ cfg.dataDir ];
+          # The control cookie's directory: traversable by the tor group that may read it.
+          RuntimeDirectory = lib.mkIf (cfg.controlPort != null) "tor";
+          RuntimeDirectoryMode = lib.mkIf (cfg.controlPort != null) "0750";
           Restart = "on-failure";
           TimeoutStartSec = "5min";
           LimitNOFILE = 32768;

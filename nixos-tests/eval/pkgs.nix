@@ -275,6 +275,15 @@ let
         generate = name: value: writeText name (javaPropertiesText comment value);
       };
 
+    # Simplified: nixpkgs writes YAML (through remarshal); this writes the same value as JSON,
+    # which YAML reads as the same document, and which Prometheus and promtool read alike.
+    yaml =
+      { ... }:
+      {
+        type = lib.types.anything;
+        generate = name: value: writeText name (builtins.toJSON value);
+      };
+
     # Simplified: nixpkgs pretty-prints with jq and types values as JSON values; no bcm module
     # uses it.
     json =
@@ -320,4 +329,14 @@ in
   gnugrep = mkPackage "gnugrep" { mainProgram = "grep"; };
   gnused = mkPackage "gnused" { mainProgram = "sed"; };
   util-linux = mkPackage "util-linux" { mainProgram = "runuser"; };
+  prometheus = mkPackage "prometheus" { };
+  prometheus-node-exporter = mkPackage "node_exporter" { };
+  prometheus-alertmanager = mkPackage "alertmanager" { };
+  prometheus-jmx-javaagent = mkPackage "jmx-prometheus-javaagent" { };
+  envsubst = mkPackage "envsubst" { };
+
+  # pkgs/top-level/splice.nix callPackage; simplified: a stub package named after the directory
+  # (`../pkgs/bcm-tools` gives bcm-tools), never built. The sandbox tests run this repository's
+  # bcm-tools in its place.
+  callPackage = path: _args: mkPackage (baseNameOf (toString path)) { };
 }

@@ -481,6 +481,129 @@ let
       name: script: map (dep: { inherit name dep; }) (lib.filter (dep: !(config.system.activationScripts ? ${dep})) (activationDeps script))
     ) config.system.activationScripts
   );
+
+  # --- Prometheus -----------------------------------------------------------------------------
+
+  promCfg = config.services.prometheus;
+  nodeCfg = promCfg.exporters.node;
+  amCfg = promCfg.alertmanager;
+  nullOpt = type: mkOption {
+    type = types.nullOr type;
+    default = null;
+  };
+
+  # nixos/modules/services/monitoring/prometheus/default.nix (stored revision 62237455239 of the
+  # file index, nixfmt-formatted, with enableAgentMode and checkConfig = "syntax-only"):
+  # promTypes.static_config, scrape_config, globalConfig. Simplified: only the keys bcm sets;
+  # nixpkgs' submodules refuse unknown keys too, so a misspelt key fails here as it does there.
+  staticConfigType = types.submodule {
+    options.targets = mkOption { type = types.listOf types.str; };
+    options.labels = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+    };
+  };
+  scrapeConfigType = types.submodule {
+    options = {
+      job_name = mkOption { type = types.str; };
+      scrape_interval = nullOpt types.str;
+      scrape_timeout = nullOpt types.str;
+      metrics_path = nullOpt types.str;
+      honor_labels = nullOpt types.bool;
+      static_configs = nullOpt (types.listOf staticConfigType);
+    };
+  };
+  globalConfigType = types.submodule {
+    options = {
+      evaluation_interval = nullOpt types.str;
+      external_labels = nullOpt (types.attrsOf types.str);
+      scrape_interval = nullOpt types.str;
+      scrape_timeout = nullOpt types.str;
+    };
+  };
+
+  # default.nix filterValidPrometheus: drops `_module` and every null, at any depth.
+  filterValidPrometheus =
+    x:
+    if lib.isAttrs x then
+      lib.mapAttrs (_: filterValidPrometheus) (lib.filterAttrs (n: v: n != "_module" && v != null) x)
+    else if lib.isList x then
+      map filterValidPrometheus x
+    else
+      x;
+
+  # default.nix promtoolCheck runs `promtool check ...` on the file at build time and hands on
+  # a symlink to it. Simplified: the file itself; pkgs/bcm-tools/tests/test_monitoring.py runs
+  # the real promtool on the exported files instead.
+  promtoolCheck = _what: _name: file: file;
+
+  promConfig = {
+    alerting = {
+      inherit (promCfg) alertmanagers;
+    };
+    global = filterValidPrometheus promCfg.globalConfig;
+    remote_read = [ ];
+    remote_write = [ ];
+    rule_files = map (promtoolCheck "check rules" "rules") (
+      promCfg.ruleFiles
+      ++ lib.optionals (promCfg.rules != [ ]) [ (pkgs.writeText "prometheus.rules" (lib.concatStringsSep "\n" promCfg.rules)) ]
+    );
+    scrape_configs = filterValidPrometheus promCfg.scrapeConfigs;
+  };
+  prometheusYml = promtoolCheck "check config" "prometheus.yml" ((pkgs.formats.yaml { }).generate "prometheus.yml" promConfig);
+  promArgs =
+    promCfg.extraFlags
+    ++ [
+      "--config.file=${prometheusYml}"
+      "--web.listen-address=${promCfg.listenAddress}:${toString promCfg.port}"
+      "--alertmanager.notification-queue-capacity=${toString promCfg.alertmanagerNotificationQueueCapacity}"
+      "--storage.tsdb.path=/var/lib/${promCfg.stateDir}/data/"
+    ]
+    ++ lib.optional (promCfg.retentionTime != null) "--storage.tsdb.retention.time=${promCfg.retentionTime}";
+  joinArgs = args: lib.optionalString (args != [ ]) (" \\\n  " + lib.concatStringsSep " \\\n  " args);
+
+  # nixos/modules/services/monitoring/prometheus/exporters.nix (stored revision 62296537581 of
+  # the file index): mkExporterOpts, of which the options bcm sets; and node.nix (the revision
+  # with listenStream): enabledCollectors, disabledCollectors.
+  exporterOpts = name: port: {
+    enable = mkOption {
+      type = types.bool;
+      default = false;
+    };
+    extraFlags = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+    };
+    listenAddress = mkOption {
+      type = types.str;
+      default = "0.0.0.0";
+    };
+    port = mkOption {
+      type = types.port;
+      default = port;
+    };
+    user = mkOption {
+      type = types.str;
+      default = "${name}-exporter";
+    };
+    group = mkOption {
+      type = types.str;
+      default = "${name}-exporter";
+    };
+  };
+  collectorIsEnabled = c: lib.elem c nodeCfg.enabledCollectors;
+  collectorIsDisabled = c: lib.elem c nodeCfg.disabledCollectors;
+
+  # nixos/modules/services/monitoring/prometheus/alertmanager.nix (stored revision 01f31c2e):
+  # the configuration as JSON, filled in by envsubst from environmentFile before the start.
+  # Simplified: nixpkgs checks the file with amtool at build time (the tests do it here).
+  alertmanagerYml = pkgs.writeText "alertmanager.yml" (builtins.toJSON amCfg.configuration);
+  amArgs = amCfg.extraFlags ++ [
+    "--config.file /tmp/alert-manager-substituted.yaml"
+    "--web.listen-address ${amCfg.listenAddress}:${toString amCfg.port}"
+    "--log.level ${amCfg.logLevel}"
+    "--storage.path /var/lib/alertmanager"
+  ];
 in
 {
   options = {
@@ -591,6 +714,106 @@ in
       default = false;
     };
 
+    # nixos/modules/services/monitoring/prometheus/default.nix (revision named above): the
+    # options bcm sets, with nixpkgs' types and defaults.
+    services.prometheus = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      package = mkOption {
+        type = types.package;
+        default = pkgs.prometheus;
+      };
+      listenAddress = mkOption {
+        type = types.str;
+        default = "0.0.0.0";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 9090;
+      };
+      stateDir = mkOption {
+        type = types.str;
+        default = "prometheus2";
+      };
+      retentionTime = nullOpt types.str;
+      globalConfig = mkOption {
+        type = globalConfigType;
+        default = { };
+      };
+      scrapeConfigs = mkOption {
+        type = types.listOf scrapeConfigType;
+        default = [ ];
+      };
+      ruleFiles = mkOption {
+        type = types.listOf types.path;
+        default = [ ];
+      };
+      rules = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      alertmanagers = mkOption {
+        type = types.listOf types.attrs;
+        default = [ ];
+      };
+      alertmanagerNotificationQueueCapacity = mkOption {
+        type = types.int;
+        default = 10000;
+      };
+      extraFlags = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      # exporters.nix: one submodule per exporter; simplified: only node.
+      exporters.node = exporterOpts "node" 9100 // {
+        enabledCollectors = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        disabledCollectors = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+      };
+      # alertmanager.nix.
+      alertmanager = {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        package = mkOption {
+          type = types.package;
+          default = pkgs.prometheus-alertmanager;
+        };
+        configuration = nullOpt types.attrs;
+        listenAddress = mkOption {
+          type = types.str;
+          default = "";
+        };
+        port = mkOption {
+          type = types.int;
+          default = 9093;
+        };
+        logLevel = mkOption {
+          type = types.enum [
+            "debug"
+            "info"
+            "warn"
+            "error"
+            "fatal"
+          ];
+          default = "warn";
+        };
+        extraFlags = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        environmentFile = nullOpt types.path;
+      };
+    };
+
     # nixos/modules/system/boot/loader/systemd-boot/systemd-boot.nix.
     boot.loader.systemd-boot.enable = mkOption {
       type = types.bool;
@@ -624,18 +847,21 @@ in
     };
   };
 
-  config = {
+  config = lib.mkMerge [
+  {
     # ids.nix values for the accounts defined below and for Tor (nixpkgs' own tor module uses
     # them); simplified: nixpkgs lists a few hundred.
     ids.uids = {
       root = 0;
       tor = 35;
+      prometheus = 255;
       nobody = 65534;
     };
     ids.gids = {
       root = 0;
       wheel = 1;
       tor = 35;
+      prometheus = 255;
       users = 100;
       nogroup = 65534;
     };
@@ -691,5 +917,157 @@ in
       assertion = false;
       message = "system.activationScripts.${missing.name}.deps names `${missing.dep}', which no activation script defines.";
     }) missingActivationDeps;
-  };
+  }
+
+    # default.nix `config`: the unit, its user and group (uid and gid from ids.nix).
+    (lib.mkIf promCfg.enable {
+      systemd.services.prometheus = {
+        after = [ "network.target" ];
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig = {
+          CapabilityBoundingSet = [ "" ];
+          DeviceAllow = [ "/dev/null rw" ];
+          DevicePolicy = "strict";
+          ExecStart = lib.getExe promCfg.package + joinArgs promArgs;
+          LockPersonality = true;
+          MemoryDenyWriteExecute = true;
+          NoNewPrivileges = true;
+          PrivateDevices = true;
+          PrivateTmp = true;
+          PrivateUsers = true;
+          ProtectClock = true;
+          ProtectControlGroups = true;
+          ProtectHome = true;
+          ProtectHostname = true;
+          ProtectKernelLogs = true;
+          ProtectKernelModules = true;
+          ProtectKernelTunables = true;
+          ProtectProc = "invisible";
+          ProtectSystem = "full";
+          RemoveIPC = true;
+          Restart = "always";
+          RestrictAddressFamilies = [
+            "AF_INET"
+            "AF_INET6"
+            "AF_UNIX"
+          ];
+          RestrictNamespaces = true;
+          RestrictRealtime = true;
+          RestrictSUIDSGID = true;
+          RuntimeDirectory = "prometheus";
+          RuntimeDirectoryMode = "0700";
+          StateDirectory = promCfg.stateDir;
+          StateDirectoryMode = "0700";
+          SystemCallArchitectures = "native";
+          SystemCallFilter = [
+            "@system-service"
+            "~@privileged"
+          ];
+          User = "prometheus";
+          WorkingDirectory = "/var/lib/${promCfg.stateDir}";
+        };
+      };
+      users.groups.prometheus.gid = config.ids.gids.prometheus;
+      users.users.prometheus = {
+        description = "Prometheus daemon user";
+        group = "prometheus";
+        uid = config.ids.uids.prometheus;
+      };
+    })
+
+    # exporters.nix mkExporterConf and node.nix serviceOpts (DynamicUser = false, so the
+    # exporter gets a system user and group of its name).
+    (lib.mkIf nodeCfg.enable {
+      systemd.services.prometheus-node-exporter = lib.mkMerge [
+        {
+          after = [ "network.target" ];
+          wantedBy = [ "multi-user.target" ];
+          serviceConfig = {
+            CapabilityBoundingSet = lib.mkDefault [ "" ];
+            DeviceAllow = [ "" ];
+            DynamicUser = lib.mkDefault true;
+            Group = nodeCfg.group;
+            LockPersonality = true;
+            MemoryDenyWriteExecute = true;
+            NoNewPrivileges = true;
+            PrivateDevices = lib.mkDefault true;
+            PrivateTmp = lib.mkDefault true;
+            ProtectClock = lib.mkDefault true;
+            ProtectControlGroups = true;
+            ProtectHome = true;
+            ProtectHostname = true;
+            ProtectKernelLogs = true;
+            ProtectKernelModules = true;
+            ProtectKernelTunables = true;
+            ProtectSystem = lib.mkDefault "strict";
+            RemoveIPC = true;
+            Restart = lib.mkDefault "always";
+            RestrictAddressFamilies = [
+              "AF_INET"
+              "AF_INET6"
+            ];
+            RestrictNamespaces = true;
+            RestrictRealtime = true;
+            RestrictSUIDSGID = true;
+            SystemCallArchitectures = "native";
+            UMask = "0077";
+            User = lib.mkDefault nodeCfg.user;
+            WorkingDirectory = lib.mkDefault "/tmp";
+          };
+        }
+        {
+          serviceConfig = {
+            DynamicUser = false;
+            RuntimeDirectory = "prometheus-node-exporter";
+            ExecStart = ''
+              ${pkgs.prometheus-node-exporter}/bin/node_exporter \
+                ${lib.concatMapStringsSep " " (x: "--collector." + x) nodeCfg.enabledCollectors} \
+                ${lib.concatMapStringsSep " " (x: "--no-collector." + x) nodeCfg.disabledCollectors} \
+                --web.listen-address ${nodeCfg.listenAddress}:${toString nodeCfg.port} ${lib.concatStringsSep " " nodeCfg.extraFlags}
+            '';
+            RestrictAddressFamilies =
+              lib.optionals (collectorIsEnabled "logind" || collectorIsEnabled "systemd") [ "AF_UNIX" ]
+              ++ lib.optionals (collectorIsEnabled "network_route" || collectorIsEnabled "wifi" || !collectorIsDisabled "netdev") [
+                "AF_NETLINK"
+              ];
+            ProtectClock = collectorIsDisabled "timex";
+            ProtectHome = true;
+          };
+        }
+      ];
+      users.groups.${nodeCfg.group} = lib.mkIf (nodeCfg.group == "node-exporter") { };
+      users.users.${nodeCfg.user} = lib.mkIf (nodeCfg.user == "node-exporter") {
+        inherit (nodeCfg) group;
+        description = "Prometheus node exporter service user";
+        isSystemUser = true;
+      };
+    })
+
+    # alertmanager.nix `config`.
+    (lib.mkIf amCfg.enable {
+      assertions = [
+        {
+          assertion = amCfg.configuration != null;
+          message = "Can not enable alertmanager without a configuration. Set either the `configuration` or `configText` attribute.";
+        }
+      ];
+      systemd.services.alertmanager = {
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network-online.target" ];
+        preStart = ''
+          ${lib.getBin pkgs.envsubst}/bin/envsubst -o "/tmp/alert-manager-substituted.yaml" \
+                                                   -i "${alertmanagerYml}"
+        '';
+        serviceConfig = {
+          Restart = "always";
+          StateDirectory = "alertmanager";
+          DynamicUser = true;
+          EnvironmentFile = lib.mkIf (amCfg.environmentFile != null) amCfg.environmentFile;
+          WorkingDirectory = "/tmp";
+          ExecStart = "${amCfg.package}/bin/alertmanager" + joinArgs amArgs;
+          ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        };
+      };
+    })
+  ];
 }

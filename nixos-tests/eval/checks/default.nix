@@ -13,4 +13,5 @@
   ./kafka.nix
   ./operator.nix
   ./operator-secrets.nix
+  ./monitoring.nix
 ]
