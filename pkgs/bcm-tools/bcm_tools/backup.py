@@ -20,10 +20,13 @@ import json
 import logging
 import os
 import re
+import select
 import shlex
 import subprocess
+import tempfile
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -80,6 +83,9 @@ class Target(ABC):
     def latest(self) -> str | None:
         names = self.names()
         return names[-1] if names else None
+
+    def close(self) -> None:
+        """Lets go of any connection the target holds open."""
 
 
 class LocalTarget(Target):
@@ -167,11 +173,13 @@ class SshOptions(BaseModel):
 
 # Runs on the remote host under its POSIX shell with coreutils; $1.. are the arguments. The
 # upload is checked against its SHA-256 before the rename: if our side dies mid-upload, `cat`
-# sees end of file and exits 0, and a truncated file must never replace a good one.
+# sees end of file and exits 0, and a truncated file must never replace a good one. The
+# temporary file is this shell's own ($$): a copy cut off by a lost connection may still be
+# running when its retry starts, and must not rename the retry's half-written file into place.
 _REMOTE_STORE = r"""
 d=$1 f=$2 sum=$3 keep=$4
 [ -d "$d" ] || { echo "directory $d is missing" >&2; exit 4; }
-t="$d/.$f.tmp"
+t="$d/.$f.$$.tmp"
 cat > "$t" || { rm -f "$t"; exit 5; }
 got=$(sha256sum < "$t") && [ "${got%% *}" = "$sum" ] || { rm -f "$t"; echo "upload arrived incomplete" >&2; exit 6; }
 sync "$t" && mv -f "$t" "$d/$f" && sync "$d" || { echo "could not make $f durable" >&2; exit 7; }
@@ -180,54 +188,235 @@ rm -f "$d"/.channel-backup-*.tmp
 echo stored
 """
 
+# The other end of an SSH target's session, started once per connection with the target's
+# directory as $1. It answers one request after another: a line `store NAME SHA256 KEEP SIZE`
+# followed by SIZE bytes, `names`, or `read NAME`; each answer is a line `STATUS OUT ERR` and
+# then OUT bytes of output and ERR bytes of error messages. An upload that ends short (our side
+# died) ends the session before anything is stored. `ready` carries a word only we know, so
+# whatever the remote account's shell prints when it starts is skipped. The answer leaves in one
+# write: as two, the second small TCP segment would wait for the acknowledgement of the first,
+# which the other side delays by up to 40 ms.
+_REMOTE_SESSION = r"""
+# bcm-tools backup session
+store() {
+%s
+}
+d=$1
+w=$(mktemp -d) || exit 1
+trap 'rm -rf "$w"' EXIT
+trap 'exit 1' HUP INT PIPE TERM
+echo "ready $2"
+while IFS=' ' read -r op name sum keep size; do
+  case $op in
+    store)
+      head -c "$size" > "$w/in" && [ "$(wc -c < "$w/in")" -eq "$size" ] || exit 1
+      ( store "$d" "$name" "$sum" "$keep" ) < "$w/in" > "$w/out" 2> "$w/err" ;;
+    names) ( cd "$d" && ls -1 ) > "$w/out" 2> "$w/err" ;;
+    read) cat -- "$d/$name" > "$w/out" 2> "$w/err" ;;
+    *) exit 1 ;;
+  esac
+  status=$?
+  { printf '%%s %%s %%s\n' "$status" "$(wc -c < "$w/out")" "$(wc -c < "$w/err")"; cat "$w/out" "$w/err"; } > "$w/reply"
+  cat "$w/reply"
+done
+""" % _REMOTE_STORE
+
+
+class _Session:
+    """One SSH connection to a target and the shell session at its other end (_REMOTE_SESSION),
+    kept open for every request. Requests go one at a time; one that fails half-way leaves the
+    session in an unknown state, so it is closed and the next request connects again. The session
+    reads a pipe from this process: when this process lets go of it or dies, even by SIGKILL,
+    the remote shell sees end of input and the connection ends with it."""
+
+    def __init__(self, ssh_args: list[str], host: str, directory: str, label: str, options: SshOptions):
+        self.ssh_args, self.host, self.directory, self.label, self.options = ssh_args, host, directory, label, options
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: str | None = None  # ssh's own messages, in a private temporary file
+        self.buffer = bytearray()
+
+    def request(self, line: str, data: bytes = b"") -> tuple[int, bytes, bytes]:
+        """Sends one request; returns the remote status, output and error messages."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self._connect()
+            deadline = time.monotonic() + self.options.command_timeout
+            try:
+                self._write(line.encode() + b"\n" + data, deadline)
+                status, out_size, err_size = (int(x) for x in self._read_line(deadline).split())
+                out = self._read(out_size, deadline)
+                err = self._read(err_size, deadline)
+            except (OSError, ValueError, EOFError, TimeoutError) as err:
+                self._stop()
+                raise TargetError(f"{self.label}: {self._why(err)}") from None
+            return status, out, err
+
+    def _why(self, err: BaseException) -> str:
+        if isinstance(err, TimeoutError):
+            return f"no answer within {self.options.command_timeout:.0f} s"
+        said = self._said()
+        return f"connection lost ({said})" if said else "connection lost"
+
+    def _said(self) -> str:
+        """ssh's last message: what went wrong, as ssh puts it."""
+        try:
+            with open(self.log or os.devnull, "rb") as log:
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return ""
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("@")]
+        if "IDENTIFICATION HAS CHANGED" in text:
+            return f"its host key is not the one in known_hosts ({lines[-1]})"
+        if "host key is known for" in text:
+            return f"known_hosts has no key for it ({lines[-1]})"
+        return lines[-1] if lines else ""
+
+    def _connect(self) -> None:
+        self._stop()
+        if self.log is None:
+            fd, self.log = tempfile.mkstemp(prefix="bcm-ssh-", suffix=".log")
+            os.close(fd)
+        word = os.urandom(8).hex()
+        script = "sh -c " + shlex.quote(_REMOTE_SESSION) + " sh " + shlex.quote(self.directory) + " " + word
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["ssh", *self.ssh_args, "--", self.host, script],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        assert self.proc.stdin is not None
+        os.set_blocking(self.proc.stdin.fileno(), False)
+        self.buffer.clear()
+        # ssh's own timeout covers the TCP connection; this one the login and the shell starting.
+        timeout = self.options.connect_timeout + 5
+        deadline = time.monotonic() + timeout
+        try:
+            while self._read_line(deadline) != f"ready {word}":
+                pass
+        except (OSError, ValueError, EOFError, TimeoutError) as err:
+            self._stop()
+            if isinstance(err, TimeoutError):
+                raise TargetError(f"{self.label}: cannot connect: no answer within {timeout} s") from None
+            raise TargetError(f"{self.label}: cannot connect: {self._said() or 'ssh exited'}") from None
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        fd = self.proc.stdin.fileno()
+        view = memoryview(data)
+        while view:
+            if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+                raise TimeoutError
+            view = view[os.write(fd, view) :]
+
+    def _fill(self, deadline: float) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            # ssh is ending; once it has, its last words are in the log.
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            raise EOFError
+        self.buffer += chunk
+
+    def _read_line(self, deadline: float) -> str:
+        while (end := self.buffer.find(b"\n")) < 0:
+            self._fill(deadline)
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 1]
+        return line.decode(errors="replace")
+
+    def _read(self, size: int, deadline: float) -> bytes:
+        while len(self.buffer) < size:
+            self._fill(deadline)
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    def _stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # end of input ends the remote session, then ssh
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def close(self) -> None:
+        with self.lock:
+            self._stop()
+            if self.log is not None:
+                _remove_quietly(Path(self.log))
+                self.log = None
+
 
 class SshTarget(Target):
-    """A directory on a host reached with OpenSSH (`ssh://[user@]host[:port]/path`)."""
+    """A directory on a host reached with OpenSSH (`ssh://[user@]host[:port]/path`).
+
+    One connection carries every store, listing and read: a shell session kept open at the
+    other end takes each request in turn. A copy then costs the remote commands it runs, where a
+    connection of its own costs a key exchange, a login and the account's shell starting. The
+    connection is made on first use and made again whenever it has gone (the network dropped,
+    the host restarted); a request under way when it went fails, and the target's worker retries
+    it. The host key is checked, against `known_hosts` when given, each time it connects.
+    """
 
     def __init__(self, host: str, directory: str, user: str | None, port: int | None, options: SshOptions):
         self.host, self.directory, self.user, self.port, self.options = host, directory, user, port, options
         where = f"{user}@{host}" if user else host
         self.label = f"ssh://{where}{':' + str(port) if port else ''}{directory}"
+        args = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={options.connect_timeout}"]
+        # A connection that stops answering is dropped after 10-15 s, and made again at next use.
+        args += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2"]
+        if port:
+            args += ["-p", str(port)]
+        if options.identity:
+            args += ["-i", str(options.identity), "-o", "IdentitiesOnly=yes"]
+        if options.known_hosts:
+            args += ["-o", f"UserKnownHostsFile={options.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+        if user:
+            args += ["-l", user]
+        self._session = _Session(args, host, directory, self.label, options)
+        # The connection goes when the target does, at the latest when the interpreter exits.
+        self._finalizer = weakref.finalize(self, self._session.close)
 
-    def _ssh(self, script: str, args: Sequence[str], data: bytes = b"") -> bytes:
-        command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.options.connect_timeout}"]
-        command += ["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2"]
-        if self.port:
-            command += ["-p", str(self.port)]
-        if self.options.identity:
-            command += ["-i", str(self.options.identity), "-o", "IdentitiesOnly=yes"]
-        if self.options.known_hosts:
-            command += ["-o", f"UserKnownHostsFile={self.options.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-        if self.user:
-            command += ["-l", self.user]
-        remote = "sh -c " + shlex.quote(script) + " sh " + " ".join(shlex.quote(a) for a in args)
-        command += ["--", self.host, remote]
-        try:
-            run = subprocess.run(
-                command, input=data, capture_output=True, timeout=self.options.command_timeout, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise TargetError(f"{self.label}: no answer within {self.options.command_timeout:.0f} s") from None
-        except OSError as err:
-            raise TargetError(f"{self.label}: cannot run ssh: {err.strerror}") from None
-        if run.returncode != 0:
-            reason = " ".join(run.stderr.decode(errors="replace").split()) or f"ssh exited {run.returncode}"
-            raise TargetError(f"{self.label}: {reason}")
-        return run.stdout
+    def close(self) -> None:
+        self._finalizer()
+
+    def _request(self, line: str, data: bytes = b"") -> bytes:
+        status, out, err = self._session.request(line, data)
+        if status != 0:
+            raise TargetError(f"{self.label}: {' '.join(err.decode(errors='replace').split()) or f'exit status {status}'}")
+        return out
 
     def store(self, name: str, data: bytes, keep: int) -> None:
-        digest = hashlib.sha256(data).hexdigest()
-        reply = self._ssh(_REMOTE_STORE, [self.directory, name, digest, str(keep)], data)
+        _check_name(name)
+        reply = self._request(f"store {name} {hashlib.sha256(data).hexdigest()} {int(keep)} {len(data)}", data)
         if reply.strip() != b"stored":
             raise TargetError(f"{self.label}: unexpected reply {reply[:80]!r}")
 
     def names(self) -> list[str]:
-        return backup_names(self._ssh('cd "$1" && ls -1', [self.directory]).decode().splitlines())
+        return backup_names(self._request("names").decode(errors="replace").splitlines())
 
     def read(self, name: str) -> bytes:
-        if not _NAME.match(name):
-            raise UsageError(f"{name!r} is not a backup file name")
-        return self._ssh('cat -- "$1/$2"', [self.directory, name])
+        _check_name(name)
+        return self._request(f"read {name}")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise UsageError(f"{name!r} is not a backup file name")
 
 
 def parse_target(spec: str, ssh: SshOptions | None = None) -> Target:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
+import signal
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lnd_regtest import free_port, stop_process, wait_for
@@ -33,6 +37,15 @@ class LoopbackSshd:
         (directory / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
         host_pub = Path(f"{self.host_key}.pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        # Sessions find `sync` here first: a wrapper that waits while `hold_sync` holds it, so a
+        # test can catch a remote copy between its upload and its rename.
+        self.hold_file = directory / "hold-sync"
+        bin_dir = directory / "bin"
+        bin_dir.mkdir()
+        wrapper = bin_dir / "sync"
+        wrapper.write_text(f"#!/bin/sh\nwhile [ -e {self.hold_file} ]; do sleep 0.05; done\nexec {shutil.which('sync')} \"$@\"\n")
+        wrapper.chmod(0o755)
+        self.log = directory / "sshd.log"
         self.config = directory / "sshd_config"
         self.config.write_text(
             "\n".join(
@@ -49,7 +62,9 @@ class LoopbackSshd:
                     "UsePAM no",
                     "PermitRootLogin prohibit-password",
                     f"AllowUsers {self.user}",
-                    "LogLevel ERROR",
+                    f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin",
+                    # INFO logs one "Accepted publickey" line per connection: tests count them.
+                    "LogLevel INFO",
                     "",
                 ]
             )
@@ -60,7 +75,7 @@ class LoopbackSshd:
         if os.geteuid() == 0:
             # sshd's privilege separation needs this directory to exist when run as root.
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        log = (self.directory / "sshd.log").open("ab")
+        log = self.log.open("ab")
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
 
         def listening() -> bool:
@@ -70,8 +85,72 @@ class LoopbackSshd:
         wait_for("sshd listening", listening, timeout=20, interval=0.1)
 
     def stop(self) -> None:
+        """The host goes away: its open connections end too, not only the listener."""
+        self.drop_connections()
         stop_process(self.proc)
         self.proc = None
 
+    def connections(self) -> list[int]:
+        """PIDs of the processes serving each open connection (the listener's children)."""
+        if self.proc is None:
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # The command name may hold spaces; the parent PID is the second field after it.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                pids.append(int(entry))
+        return pids
+
+    def drop_connections(self) -> None:
+        for pid in self.connections():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def logins(self) -> int:
+        """Connections accepted so far (each logs one line at LogLevel INFO)."""
+        return self.log.read_text(errors="replace").count("Accepted publickey for") if self.log.exists() else 0
+
+    def new_host_key(self) -> None:
+        """Replaces the host key, as a reinstalled or impersonated host would have (restart to use it)."""
+        for path in (self.host_key, Path(f"{self.host_key}.pub")):
+            path.unlink()
+        _keygen(self.host_key)
+
+    @contextmanager
+    def hold_sync(self) -> Iterator[None]:
+        """While inside, a remote `sync` waits: a copy stops after its upload, before its rename."""
+        self.hold_file.touch()
+        try:
+            yield
+        finally:
+            self.hold_file.unlink(missing_ok=True)
+
     def url(self, remote_dir: Path) -> str:
         return f"ssh://{self.user}@127.0.0.1:{self.port}{remote_dir}"
+
+
+def backup_connections(parent: int) -> list[int]:
+    """PIDs of the `ssh` processes holding an SSH backup target's connection that process
+    `parent` started (their remote command is the bcm-tools backup session)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and argv[0].endswith(b"ssh") and any(
+            b"# bcm-tools backup session" in arg for arg in argv
+        ):
+            pids.append(int(entry))
+    return pids

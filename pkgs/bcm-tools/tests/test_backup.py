@@ -6,9 +6,9 @@ Every test here talks to real processes on 127.0.0.1 (see lnd_regtest.py and ssh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +18,9 @@ import pytest
 from bcm_tools import age
 from bcm_tools import backup as backup_module
 from bcm_tools.backup import LocalTarget, SshOptions, parse_target
-from bcm_tools.errors import TargetError
 from bcm_tools.lnd import Lnd
 from lnd_regtest import LndNode, Network, stop_process, wait_for
-from sshd_loopback import LoopbackSshd
+from sshd_loopback import LoopbackSshd, backup_connections
 
 pytestmark = [pytest.mark.lnd, pytest.mark.btcd]
 
@@ -234,6 +233,67 @@ def test_a_target_that_goes_away_is_retried_and_catches_up_without_holding_up_th
         watch.stop()
 
 
+def test_one_ssh_connection_carries_every_change_and_a_lost_one_is_made_again(
+    network, alice, bob, keys, sshd, tmp_path
+):
+    """Many channel changes go to the SSH target over the one connection the watcher opened.
+    Killing that connection in the middle of a copy (uploaded, not yet renamed) leaves the
+    previous remote backup as it was; the target shows as behind until the watcher has
+    connected again and the copy is durable; the next change lands over the new connection."""
+    remote = sshd.directory / "remote-reuse"
+    remote.mkdir()
+    target = sshd.url(remote)
+    label = parse_target(target).label
+    metrics = tmp_path / "lnd_backup.prom"
+    logins = sshd.logins()
+    watch = Watch(tmp_path / "watch", alice, [target], keys, sshd,
+                  extra=["--metrics", str(metrics), "--check-identity", str(keys["watcher"])])
+
+    def on_disk() -> dict[str, bytes]:
+        return {name: (remote / name).read_bytes() for name in backup_module.backup_names(os.listdir(remote))}
+
+    def behind() -> str:
+        return f'bcm_lnd_backup_behind{{target="{label}"}} 1' in metrics.read_text()
+
+    try:
+        watch.wait_durable(label, alice.channel_points())
+        opened: list[str] = []
+        for action in ("open", "open", "close", "open", "close"):
+            mark = watch.mark()
+            if action == "open":
+                opened.append(network.open_channel(alice, bob))
+            else:
+                network.close_channel(alice, opened.pop(0))
+            watch.wait_durable(label, alice.channel_points(), since=mark)
+        assert sshd.logins() - logins == 1, "six backups, each written and read back, over one connection"
+
+        before = on_disk()
+        mark = watch.mark()
+        with sshd.hold_sync():
+            opened.append(network.open_channel(alice, bob))
+            now = alice.channel_points()
+            wait_for("the upload to arrive", lambda: [n for n in os.listdir(remote) if n.endswith(".tmp")], timeout=30)
+            (connection,) = backup_connections(watch.proc.pid)
+            os.kill(connection, signal.SIGKILL)
+            wait_for("the failed copy in metrics",
+                     lambda: f'bcm_lnd_backup_failures_total{{target="{label}"}} 0' not in metrics.read_text())
+            assert behind()
+            assert on_disk() == before
+            assert not any(e["target"] == label and sorted(e["chan_points"]) == sorted(now) for e in watch.entries()[mark:])
+        watch.wait_durable(label, now, since=mark)
+        wait_for("the target no longer behind", lambda: not behind(), timeout=10)
+        assert all(on_disk()[name] == data for name, data in before.items())
+        assert sshd.logins() - logins == 2
+
+        mark = watch.mark()
+        network.close_channel(alice, opened.pop(0))
+        watch.wait_durable(label, alice.channel_points(), since=mark)
+        assert sshd.logins() - logins == 2, "the next change goes over the new connection"
+        check_latest(target, sshd, keys, alice, alice.channel_points())
+    finally:
+        watch.stop()
+
+
 def test_kill_9_during_a_write_leaves_the_previous_backup_intact(network, alice, bob, keys, tmp_path):
     """strace kills the watcher with SIGKILL at the exact moment it renames its second backup
     into place: the new file is fully written to its temporary name, the old one untouched."""
@@ -270,24 +330,6 @@ def test_kill_9_during_a_write_leaves_the_previous_backup_intact(network, alice,
         assert not [p for p in local.iterdir() if p.name.endswith(".tmp")]
     finally:
         again.stop()
-
-
-def test_an_upload_cut_short_never_replaces_a_good_remote_copy(sshd, keys):
-    """What the remote side does when our end dies mid-upload: `cat` sees end of file and exits
-    0, so the check against the announced SHA-256 is what keeps the short file out."""
-    remote = sshd.directory / "remote-cut"
-    remote.mkdir()
-    target = parse_target(sshd.url(remote), SshOptions(identity=sshd.client_key, known_hosts=sshd.known_hosts))
-    good = age.encrypt(b"first", [age.recipient_of(keys["operator"])])
-    target.store("channel-backup-20260101T000000.000000Z.age", good, keep=5)
-    full = age.encrypt(b"second", [age.recipient_of(keys["operator"])])
-    with pytest.raises(TargetError, match="incomplete"):
-        target._ssh(backup_module._REMOTE_STORE,
-                    [str(remote), "channel-backup-20260101T000001.000000Z.age", hashlib.sha256(full).hexdigest(), "5"],
-                    full[: len(full) // 2])
-    assert target.names() == ["channel-backup-20260101T000000.000000Z.age"]
-    assert target.read(target.latest()) == good
-    assert not [p for p in remote.iterdir() if p.name.endswith(".tmp")]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

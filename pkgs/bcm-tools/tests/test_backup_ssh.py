@@ -1,0 +1,189 @@
+"""The SSH backup target against a real OpenSSH server on loopback (sshd_loopback.py): one
+connection for many copies, a connection lost between copies and in the middle of one, and host
+keys that do not match. test_backup.py runs the same target inside `backup watch` with real LND.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bcm_tools.backup import SshOptions, SshTarget, backup_name, backup_names, parse_target
+from bcm_tools.errors import TargetError
+from lnd_regtest import wait_for
+from sshd_loopback import LoopbackSshd, backup_connections
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = LoopbackSshd(tmp_path_factory.mktemp("sshd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def remote(sshd, request) -> Path:
+    directory = sshd.directory / f"remote-{request.node.name}"
+    directory.mkdir()
+    return directory
+
+
+def connect(sshd: LoopbackSshd, remote: Path, known_hosts: Path | None = None) -> SshTarget:
+    target = parse_target(sshd.url(remote), SshOptions(identity=sshd.client_key, known_hosts=known_hosts or sshd.known_hosts))
+    assert isinstance(target, SshTarget)
+    return target
+
+
+def backup(i: int) -> tuple[str, bytes]:
+    """The i-th backup: a name in time order and contents of its own."""
+    return backup_name(1_800_000_000 + i), hashlib.sha256(str(i).encode()).digest() * 20
+
+
+def on_disk(remote: Path) -> dict[str, bytes]:
+    """What the remote directory holds, read from the remote host's own filesystem."""
+    return {name: (remote / name).read_bytes() for name in backup_names(os.listdir(remote))}
+
+
+def leftovers(remote: Path) -> list[str]:
+    return [n for n in os.listdir(remote) if n.endswith(".tmp")]
+
+
+def test_many_copies_go_over_one_connection(sshd, remote):
+    logins = sshd.logins()
+    target = connect(sshd, remote)
+    try:
+        for i in range(40):
+            name, data = backup(i)
+            target.store(name, data, keep=50)
+            assert target.read(name) == data
+        assert target.names() == [backup(i)[0] for i in range(40)]
+        assert sshd.logins() - logins == 1, "every store, read and listing should share the first connection"
+        assert len(backup_connections(os.getpid())) == 1
+    finally:
+        target.close()
+    # Closing ends the connection; nothing stays behind on either side.
+    wait_for("the connection to end", lambda: not sshd.connections() and not backup_connections(os.getpid()), timeout=10)
+
+
+def test_a_dropped_connection_is_made_again_at_the_next_copy(sshd, remote):
+    logins = sshd.logins()
+    target = connect(sshd, remote)
+    try:
+        first, second = backup(1), backup(2)
+        target.store(*first, keep=5)
+        sshd.drop_connections()  # as a network outage or a restart of the remote host would
+        wait_for("our end to notice", lambda: not backup_connections(os.getpid()), timeout=10)
+        target.store(*second, keep=5)
+        assert on_disk(remote) == dict([first, second])
+        assert sshd.logins() - logins == 2
+    finally:
+        target.close()
+
+
+def test_a_connection_killed_mid_copy_leaves_the_previous_copy_and_the_next_one_lands(sshd, remote):
+    """The connection dies after the upload, before the rename: the copy fails, the previous one
+    is untouched, and the next attempt connects again and lands."""
+    logins = sshd.logins()
+    target = connect(sshd, remote)
+    try:
+        first, second = backup(1), backup(2)
+        target.store(*first, keep=5)
+        failed: list[BaseException] = []
+
+        def store_second() -> None:
+            try:
+                target.store(*second, keep=5)
+            except TargetError as err:
+                failed.append(err)
+
+        with sshd.hold_sync():
+            writer = threading.Thread(target=store_second)
+            writer.start()
+            wait_for("the upload to arrive", lambda: leftovers(remote), timeout=20)
+            (connection,) = backup_connections(os.getpid())
+            os.kill(connection, signal.SIGKILL)
+            writer.join(timeout=30)
+            assert not writer.is_alive()
+            assert failed and "connection lost" in str(failed[0]), failed
+            assert on_disk(remote) == dict([first])
+        # The cut-off copy on the remote side may still complete its rename now; it was checked
+        # whole before. Either way the retry lands and nothing is left half-written.
+        target.store(*second, keep=5)
+        assert on_disk(remote) == dict([first, second])
+        assert target.read(second[0]) == second[1]
+        wait_for("no temporary files left", lambda: not leftovers(remote), timeout=10)
+        assert sshd.logins() - logins == 2
+    finally:
+        target.close()
+
+
+def test_an_upload_cut_short_never_replaces_a_good_remote_copy(sshd, remote):
+    """Our side dies mid-upload. The session reads exactly the size announced and ends, storing
+    nothing, when the bytes stop short; and the store itself checks the upload against its
+    SHA-256, so a short file never replaces a good one whatever brings it."""
+    target = connect(sshd, remote)
+    try:
+        first = backup(1)
+        target.store(*first, keep=5)
+        name, full = backup(2)
+        half = full[: len(full) // 2]
+        session = target._session
+        status, _, err = session.request(f"store {name} {hashlib.sha256(full).hexdigest()} 5 {len(half)}", half)
+        assert status == 6 and b"upload arrived incomplete" in err
+        assert on_disk(remote) == dict([first])
+
+        with session.lock:
+            session._write(f"store {name} {hashlib.sha256(full).hexdigest()} 5 {len(full)}\n".encode() + half, time.monotonic() + 10)
+            session._stop()  # as our process dying would: end of input, half-way through
+        assert on_disk(remote) == dict([first])
+        assert target.read(first[0]) == first[1]
+        assert not leftovers(remote)
+    finally:
+        target.close()
+
+
+def test_a_changed_host_key_is_refused(tmp_path):
+    server = LoopbackSshd(tmp_path / "sshd")
+    server.start()
+    remote = tmp_path / "sshd" / "remote"
+    remote.mkdir()
+    target = connect(server, remote)
+    try:
+        first = backup(1)
+        target.store(*first, keep=5)
+        # The host comes back with another key: reinstalled, or someone else answering its address.
+        server.stop()
+        server.new_host_key()
+        server.start()
+        for attempt in range(2):
+            with pytest.raises(TargetError, match="cannot connect: its host key is not the one in known_hosts \\(Host key verification failed.\\)"):
+                target.store(*backup(2 + attempt), keep=5)
+        assert on_disk(remote) == dict([first])
+        assert server.logins() == 1
+    finally:
+        target.close()
+        server.stop()
+
+
+def test_an_unknown_host_is_not_trusted_on_first_use(sshd, remote, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    logins = sshd.logins()
+    target = connect(sshd, remote, known_hosts=empty)
+    try:
+        with pytest.raises(TargetError, match=r"cannot connect: known_hosts has no key for it \(Host key verification failed.\)"):
+            target.store(*backup(1), keep=5)
+        assert empty.read_text() == ""
+        assert on_disk(remote) == {}
+        assert sshd.logins() == logins
+    finally:
+        target.close()
