@@ -35,6 +35,14 @@ DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9._:+@/=-]+$")
 MOUNT_POINT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 # A data tier mounted over one of these would hide part of the system.
 RESERVED_MOUNT_POINTS = ("/nix", "/boot", "/etc", "/var", "/var/lib", "/run", "/proc", "/sys", "/dev", "/usr", "/tmp", "/home", "/root")
+# An LXD server: the local unix socket, or HTTPS by IP or DNS name (LXD listens on 8443 by default).
+LXD_REMOTE_RE = re.compile(r"^https://(?P<host>[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(:(?P<port>[0-9]{1,5}))?/?$")
+# LXD storage pool names: no slashes, no leading dot or dash.
+LXD_POOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# An image alias or fingerprint on the server itself; `remote:alias` would name an image server.
+LXD_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./+-]{0,255}$")
+# SHA-256 of the server's certificate, as `lxc info` prints it (colons between bytes allowed).
+FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 RESERVED_MOUNT_TREES = ("/nix/", "/boot/", "/etc/", "/run/", "/proc/", "/sys/", "/dev/", "/usr/", "/tmp/")
 
 SSH_KEY_TYPES = (
@@ -69,6 +77,11 @@ class Filesystem(str, enum.Enum):
     ext4 = "ext4"
     xfs = "xfs"
     btrfs = "btrfs"
+
+
+class InstanceType(str, enum.Enum):
+    container = "container"
+    virtual_machine = "virtual-machine"
 
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -317,6 +330,68 @@ def default_ports(network: Network) -> dict[tuple[str, str], int]:
     return {**_MAINNET_PORTS, **_NETWORK_PORTS[network]}
 
 
+class Lxd(_Strict):
+    """Where and how `bcm-tools provision` creates the host as an LXD instance."""
+
+    remote: str = "local"
+    # With an https remote: the client's certificate and key (paths, relative to the spec's
+    # folder) and the SHA-256 fingerprint of the server's certificate.
+    client_cert: str | None = None
+    client_key: str | None = None
+    fingerprint: str | None = None
+    type: InstanceType = InstanceType.container
+    image: str
+    fast_pool: str
+    bulk_pool: str | None = None
+
+    _type = field_validator("type", mode="before")(_enum_field(InstanceType))
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, value: str) -> str:
+        if value == "local":
+            return value
+        match = LXD_REMOTE_RE.match(value)
+        if not match:
+            raise ValueError("must be 'local' (the unix socket) or https://HOST:PORT, such as https://10.0.3.2:8443")
+        if match["port"] is not None and not 1 <= int(match["port"]) <= 65535:
+            raise ValueError(f"port {match['port']} is not between 1 and 65535")
+        return value.rstrip("/")
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        normalised = value.replace(":", "").lower()
+        if not FINGERPRINT_RE.match(normalised):
+            raise ValueError("must be the SHA-256 fingerprint of the server's certificate: 64 hex digits, as `lxc info` prints it")
+        return normalised
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError("must be an alias or fingerprint of an image already on the LXD server, not REMOTE:IMAGE; bcm-tools never pulls images")
+        if not LXD_IMAGE_RE.match(value):
+            raise ValueError("must be an image alias or fingerprint: letters, digits and . _ / + -")
+        return value
+
+    @field_validator("fast_pool", "bulk_pool")
+    @classmethod
+    def _pool(cls, value: str | None) -> str | None:
+        if value is not None and not LXD_POOL_RE.match(value):
+            raise ValueError("must be an LXD storage pool name: letters, digits and _ . -, not starting with . or -")
+        return value
+
+    @field_validator("client_cert", "client_key")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(ord(c) < 32 for c in value)):
+            raise ValueError("must be a file path, without control characters")
+        return value
+
+
 class Host(_Strict):
     name: str
     system: System = System.x86_64_linux
@@ -325,6 +400,7 @@ class Host(_Strict):
     memory_mb: Annotated[int, Field(ge=256)]
     storage: Storage
     services: Services = Services()
+    lxd: Lxd | None = None
 
     _system = field_validator("system", mode="before")(_enum_field(System))
 

@@ -205,6 +205,25 @@ def _cross_field(findings: Findings, spec: Any, index: int, host: Any, first_ind
         if bulk is not None and bulk.mount_point is not None and bulk.mount_point == host.storage.fast.mount_point:
             findings.add(f"{at}.storage.bulk.mount_point", "fast and bulk need different mount points")
 
+    with check("the LXD remote's credentials", f"{at}.lxd"):
+        lxd = host.lxd
+        if lxd is not None:
+            if lxd.remote == "local":
+                for key in ("client_cert", "client_key", "fingerprint"):
+                    if _present(lxd, key):
+                        findings.add(f"{at}.lxd.{key}", "applies to an https remote, not to 'local' (the unix socket)")
+            else:
+                for key in ("client_cert", "client_key"):
+                    if not _present(lxd, key):
+                        findings.add(f"{at}.lxd.{key}", "required with an https remote: the client certificate and key that the LXD server trusts")
+
+    with check("the LXD bulk pool", f"{at}.lxd.bulk_pool"):
+        lxd = host.lxd
+        if lxd is not None:
+            problem = _bulk_pool_problem(host.storage.bulk, _present(lxd, "bulk_pool"))
+            if problem:
+                findings.add(f"{at}.lxd.bulk_pool", problem)
+
     used: dict[int, str] = {}
     for service, field in _MAINNET_PORTS:
         with check("port clashes", f"{at}.services.{service}.{field}"):
@@ -242,6 +261,19 @@ def _source_problem(device: bool, nfs: bool, fs: bool) -> str | None:
         return "fs is required with device (ext4 | xfs | btrfs)"
     if nfs and fs:
         return "fs applies to a device, not to an nfs export"
+    return None
+
+
+def _bulk_pool_problem(bulk: Any, bulk_pool: bool) -> str | None:
+    """Whether `bulk_pool` fits the bulk tier: a local disk becomes a volume on that pool, an NFS
+    export gets none. A tier with neither or both sources is already a problem of its own."""
+    if bulk is None:
+        return "there is no storage.bulk to place on it; remove bulk_pool" if bulk_pool else None
+    device, nfs = _present(bulk, "device"), _present(bulk, "nfs")
+    if device and not nfs and not bulk_pool:
+        return "required: storage.bulk is a local disk, which provision creates as a volume on this pool"
+    if nfs and not device and bulk_pool:
+        return "storage.bulk is an NFS export, which gets no volume; remove bulk_pool"
     return None
 
 

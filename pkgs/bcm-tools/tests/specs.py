@@ -224,6 +224,11 @@ def _host_faults(h: int) -> list[Fault]:
               [f"{at}.storage.bulk.mount_point"]),
         Fault("device and nfs", h, {f"{at}.bulk.source"}, device_and_nfs, [f"{at}.storage.bulk"]),
         Fault("device without fs", h, {f"{at}.fast.fs"}, no_fs, [f"{at}.storage.fast"]),
+        # the LXD table: a bad value on its own, and a bulk pool for a bulk tier that gets no volume
+        Fault("lxd image from a remote", h, {f"{at}.lxd"}, _set(*host, "lxd", value={"image": "images:nixos", "fast_pool": "fast"}),
+              [f"{at}.lxd.image"]),
+        Fault("lxd bulk pool for nfs", h, {f"{at}.lxd", f"{at}.bulk.source"},
+              _set(*host, "lxd", value={"image": "nixos", "fast_pool": "fast", "bulk_pool": "bulk"}), [f"{at}.lxd.bulk_pool"]),
         # capacity
         Fault("fast too small", h, {f"{at}.fast.size_gb"}, _set(*storage, "fast", "size_gb", value=10),
               [f"{at}.storage.fast.size_gb"], capacity=f"{at}.storage.fast"),
