@@ -24,7 +24,7 @@ def _keygen(path: Path) -> None:
 class LoopbackSshd:
     """sshd -D on a free loopback port; `stop()`/`start()` make the remote host go and come back."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, holdable_sync: bool = False):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -37,14 +37,17 @@ class LoopbackSshd:
         (directory / "authorized_keys").write_text(Path(f"{self.client_key}.pub").read_text())
         host_pub = Path(f"{self.host_key}.pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
-        # Sessions find `sync` here first: a wrapper that waits while `hold_sync` holds it, so a
-        # test can catch a remote copy between its upload and its rename.
         self.hold_file = directory / "hold-sync"
-        bin_dir = directory / "bin"
-        bin_dir.mkdir()
-        wrapper = bin_dir / "sync"
-        wrapper.write_text(f"#!/bin/sh\nwhile [ -e {self.hold_file} ]; do sleep 0.05; done\nexec {shutil.which('sync')} \"$@\"\n")
-        wrapper.chmod(0o755)
+        session_env = []
+        if holdable_sync:
+            # Sessions find `sync` here first: a wrapper that waits while `hold_sync` holds it, so
+            # a test can catch a remote copy between its upload and its rename.
+            bin_dir = directory / "bin"
+            bin_dir.mkdir()
+            wrapper = bin_dir / "sync"
+            wrapper.write_text(f"#!/bin/sh\nwhile [ -e {self.hold_file} ]; do sleep 0.05; done\nexec {shutil.which('sync')} \"$@\"\n")
+            wrapper.chmod(0o755)
+            session_env = [f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin"]
         self.log = directory / "sshd.log"
         self.config = directory / "sshd_config"
         self.config.write_text(
@@ -62,7 +65,7 @@ class LoopbackSshd:
                     "UsePAM no",
                     "PermitRootLogin prohibit-password",
                     f"AllowUsers {self.user}",
-                    f"SetEnv PATH={bin_dir}:/usr/local/bin:/usr/bin:/bin",
+                    *session_env,
                     # INFO logs one "Accepted publickey" line per connection: tests count them.
                     "LogLevel INFO",
                     "",
@@ -126,7 +129,9 @@ class LoopbackSshd:
 
     @contextmanager
     def hold_sync(self) -> Iterator[None]:
-        """While inside, a remote `sync` waits: a copy stops after its upload, before its rename."""
+        """While inside, a remote `sync` waits: a copy stops after its upload, before its rename.
+        Only with `holdable_sync`."""
+        assert (self.directory / "bin" / "sync").exists(), "LoopbackSshd(..., holdable_sync=True)"
         self.hold_file.touch()
         try:
             yield

@@ -67,7 +67,7 @@ def keys(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    server = LoopbackSshd(tmp_path_factory.mktemp("sshd"))
+    server = LoopbackSshd(tmp_path_factory.mktemp("sshd"), holdable_sync=True)
     server.start()
     try:
         yield server

@@ -22,7 +22,7 @@ from sshd_loopback import LoopbackSshd, backup_connections
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    server = LoopbackSshd(tmp_path_factory.mktemp("sshd"))
+    server = LoopbackSshd(tmp_path_factory.mktemp("sshd"), holdable_sync=True)
     server.start()
     try:
         yield server
