@@ -42,18 +42,83 @@ let
     ${pkgs.coreutils}/bin/mv ${runtimeConfig}.tmp ${runtimeConfig}
   '';
 
-  dirsScript = bcmLib.mkDirsScript pkgs "lnd" [
-    {
-      path = cfg.dataDir;
-      mode = "0750";
+  dirsScript = bcmLib.mkDirsScript pkgs "lnd" (
+    [
+      {
+        path = cfg.dataDir;
+        mode = "0750";
+        inherit (cfg) user group;
+      }
+      {
+        path = cfg.certDir;
+        mode = "0755";
+        inherit (cfg) user group;
+      }
+    ]
+    ++ lib.optional snapshots.enable {
+      path = snapshots.dir;
+      mode = "0700";
       inherit (cfg) user group;
     }
-    {
-      path = cfg.certDir;
-      mode = "0755";
-      inherit (cfg) user group;
-    }
+  );
+
+  # Snapshots tied to the LND version (bcm_tools/lnd_rollback.py says how and why).
+  snapshots = cfg.snapshots;
+  # Built only when enabled, so hosts without snapshots never evaluate it.
+  toolsPackage = if snapshots.package != null then snapshots.package else pkgs.callPackage ../pkgs/bcm-tools { lnd = cfg.package; };
+  bcmTools = lib.getExe toolsPackage;
+  snapshotLayout = [
+    "--data-dir=${cfg.dataDir}"
+    "--snapshots-dir=${snapshots.dir}"
   ];
+  refusalFile = "/run/lnd/refused";
+  # EX_CONFIG; bcm_tools.lnd_rollback.EXIT_REFUSED.
+  exitRefused = 78;
+  prepareStart = "${bcmTools} ${
+    lib.escapeShellArgs (
+      [
+        "lnd"
+        "prepare-start"
+      ]
+      ++ snapshotLayout
+      ++ [
+        "--lnd=${cfg.package}/bin/lnd"
+        "--keep=${toString snapshots.keep}"
+        "--reserve-mb=${toString snapshots.reserveMB}"
+        "--refusal-file=${refusalFile}"
+      ]
+    )
+  }";
+  # As the lnd user, with LND's admin macaroon: that user owns it already, and a narrower one
+  # could only be baked by the root post-start step for the same user.
+  recordState =
+    final:
+    "${bcmTools} ${
+      lib.escapeShellArgs (
+        [
+          "lnd"
+          "record-state"
+        ]
+        ++ snapshotLayout
+        ++ [
+          "--lnd-rpc=${cfg.rpc.endpoint}"
+          "--lnd-tls-cert=${cfg.tlsCert}"
+          "--lnd-macaroon=${cfg.adminMacaroon}"
+        ]
+        ++ lib.optional final "--final"
+      )
+    }";
+
+  # The pre-start step only writes its refusal: systemd's RestartPreventExitStatus looks at the
+  # main process alone, so the main process fails with it and the unit stays down instead of
+  # restarting into the same refusal every RestartSec.
+  startLnd = pkgs.writeShellScript "lnd-start" ''
+    if [ -s ${refusalFile} ]; then
+      printf '%s\n' "$(< ${refusalFile})" >&2
+      exit ${toString exitRefused}
+    fi
+    exec ${cfg.package}/bin/lnd --configfile=${runtimeConfig}
+  '';
 
   # lndinit's --network knows mainnet, testnet(3), regtest and simnet. For a wallet file the
   # network only sets the HD key version and coin type, which all test networks share, and the
@@ -183,6 +248,46 @@ in
     package = lib.mkPackageOption pkgs "lnd" { };
 
     initPackage = lib.mkPackageOption pkgs "lndinit" { };
+
+    snapshots = {
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        default = true;
+        description = ''
+          Whether LND's data is tied to the LND version that ran on it: before another version
+          starts, the data directory is copied to a snapshot (reflink where the file system can,
+          after checking for room otherwise); an older version than the one that last ran is not
+          started, and the unit fails with the snapshot to restore and the command that does it
+          (`bcm-tools lnd rollback`), which refuses when LND's records show the channels may have
+          moved since.
+        '';
+      };
+      dir = lib.mkOption {
+        type = lib.types.str;
+        default = "${cfg.dataDir}-snapshots";
+        defaultText = lib.literalExpression ''"''${config.bcm.lnd.dataDir}-snapshots"'';
+        description = "Where snapshots are kept; on the data directory's file system, so a restore is one rename.";
+      };
+      keep = lib.mkOption {
+        type = lib.types.ints.positive;
+        default = 3;
+        description = "How many snapshots are kept (the oldest go first).";
+      };
+      package = lib.mkOption {
+        type = lib.types.nullOr lib.types.package;
+        default = null;
+        description = ''
+          The bcm-tools package that snapshots, records the channel state and rolls back
+          (`bcm-tools lnd`); `null` builds this repository's, with LND's gRPC stubs generated from
+          the source of `bcm.lnd.package`.
+        '';
+      };
+      reserveMB = lib.mkOption {
+        type = lib.types.ints.unsigned;
+        default = 1024;
+        description = "Space, in MB, that must stay free on the tier after a plain copy; LND does not start otherwise.";
+      };
+    };
 
     alias = lib.mkOption {
       type = lib.types.nullOr lib.types.str;
@@ -358,6 +463,11 @@ in
           assertion = cfg.tor.proxy -> torCfg.enable;
           message = "bcm.lnd.tor.proxy needs Tor: set bcm.tor.enable = true.";
         }
+        {
+          # A snapshot of the data directory would copy itself into itself.
+          assertion = snapshots.enable -> snapshots.dir != cfg.dataDir && !lib.hasPrefix "${cfg.dataDir}/" snapshots.dir;
+          message = "bcm.lnd.snapshots.dir (${snapshots.dir}) is inside bcm.lnd.dataDir; put it beside it, on the same file system (by default ${cfg.dataDir}-snapshots).";
+        }
       ];
 
       bcm.lnd.tor = {
@@ -462,6 +572,8 @@ in
       };
 
       bcm.operator.tools = [ cfg.cli ];
+      # `bcm-tools lnd rollback`, run by root.
+      environment.systemPackages = lib.optional snapshots.enable toolsPackage;
 
       systemd.tmpfiles.rules = [
         "d ${secretsDir}/lnd-macaroons 0711 root root - -"
@@ -484,7 +596,8 @@ in
           cfg.dataDir
           cfg.certDir
           secretsDir
-        ];
+        ]
+        ++ lib.optional snapshots.enable snapshots.dir;
         restartTriggers = [ configFile ];
         serviceConfig =
           hardening.strict
@@ -498,16 +611,28 @@ in
             ExecStartPre = [
               # "+": after the tier is mounted, as root (lib/default.nix, mkDirsScript).
               "+${dirsScript}"
+            ]
+            # Before anything else touches the data.
+            ++ lib.optional snapshots.enable prepareStart
+            ++ [
               "${initWallet}"
               "${prepareConfig}"
             ];
-            ExecStart = "${cfg.package}/bin/lnd --configfile=${runtimeConfig}";
-            # "+": baking macaroons for other users needs root to hand them over.
-            ExecStartPost = "+${postStart}";
+            ExecStart = if snapshots.enable then "${startLnd}" else "${cfg.package}/bin/lnd --configfile=${runtimeConfig}";
+            ExecStartPost = [
+              # "+": baking macaroons for other users needs root to hand them over.
+              "+${postStart}"
+            ]
+            # "-": a record LND could not give leaves a rollback to refuse, not LND to stop.
+            ++ lib.optional snapshots.enable "-${recordState false}";
+            # While LND still runs, so the record is the last state before it stops.
+            ExecStop = lib.mkIf snapshots.enable "-${recordState true}";
+            RestartPreventExitStatus = lib.mkIf snapshots.enable (toString exitRefused);
             ReadWritePaths = [
               cfg.dataDir
               cfg.certDir
-            ];
+            ]
+            ++ lib.optional snapshots.enable snapshots.dir;
             Restart = "on-failure";
             RestartSec = "10s";
             TimeoutStartSec = "10min";

@@ -334,6 +334,9 @@ in
   prometheus-alertmanager = mkPackage "alertmanager" { };
   prometheus-jmx-javaagent = mkPackage "jmx-prometheus-javaagent" { };
   envsubst = mkPackage "envsubst" { };
+  # What `callPackage ../pkgs/bcm-tools` below gives; listed so the export names it among the
+  # stub packages and the sandbox tests put this repository's bcm-tools at its path.
+  bcm-tools = mkPackage "bcm-tools" { };
 
   # pkgs/top-level/splice.nix callPackage; simplified: a stub package named after the directory
   # (`../pkgs/bcm-tools` gives bcm-tools), never built. The sandbox tests run this repository's

@@ -95,6 +95,48 @@ lib.optionals cfg.enable (
       && !(lib.elem "macaroon:generate" cfg.macaroons.operator.permissions)
     ) "a macaroon is not baked or the operator may mint macaroons")
   ]
+  ++ lib.optionals cfg.snapshots.enable (
+    let
+      pre = lib.toList unit.serviceConfig.ExecStartPre;
+      index = suffix: lib.lists.findFirstIndex (lib.hasInfix suffix) null pre;
+      snapshotIndex = index "lnd prepare-start";
+      walletIndex = index "-lnd-init-wallet";
+      post = lib.toList unit.serviceConfig.ExecStartPost;
+      stop = lib.toList (unit.serviceConfig.ExecStop or [ ]);
+      dataTier = lib.findFirst (tier: h.under tier cfg.dataDir) null (lib.attrValues config.bcm.storage);
+    in
+    [
+      (check "lnd: data snapshotted before any other step touches it, as the lnd user" (
+        snapshotIndex != null
+        && walletIndex != null
+        && snapshotIndex < walletIndex
+        && !(lib.hasPrefix "+" (lib.elemAt pre snapshotIndex))
+        && lib.hasInfix "--data-dir=${cfg.dataDir}" (lib.elemAt pre snapshotIndex)
+        && lib.hasInfix "--lnd=${cfg.package}/bin/lnd" (lib.elemAt pre snapshotIndex)
+      ) "the prepare-start step is missing, runs as root, or comes after lnd-init-wallet")
+      (check "lnd: an older LND is refused by the main process, which systemd does not restart (exit 78)" (
+        h.contains "lnd-start" "exit 78"
+        && h.contains "lnd-start" "exec ${cfg.package}/bin/lnd --configfile="
+        && lib.hasSuffix "-lnd-start" unit.serviceConfig.ExecStart
+        && unit.serviceConfig.RestartPreventExitStatus == "78"
+        && lib.hasInfix "--refusal-file=/run/lnd/refused" (lib.elemAt pre snapshotIndex)
+      ) "the refusal does not fail the main process with a status RestartPreventExitStatus lists")
+      (check "lnd: snapshots at ${cfg.snapshots.dir}, on the data's tier, writable and waited for" (
+        dataTier != null
+        && h.under dataTier cfg.snapshots.dir
+        && lib.elem cfg.snapshots.dir (lib.toList unit.serviceConfig.ReadWritePaths)
+        && lib.elem cfg.snapshots.dir unit.unitConfig.RequiresMountsFor
+        && h.contains "lnd-dirs" cfg.snapshots.dir
+      ) "the snapshots directory is not on the data's tier, not writable by the unit or not mounted first")
+      (check "lnd: channel state recorded after start (as the lnd user) and before stop (final)" (
+        lib.any (l: lib.hasPrefix "-" l && lib.hasInfix "lnd record-state" l && !(lib.hasInfix "--final" l)) post
+        && lib.any (l: lib.hasPrefix "-" l && lib.hasInfix "lnd record-state" l && lib.hasInfix "--final" l) stop
+      ) "record-state is not run after start and in ExecStop")
+      (check "lnd: bcm-tools installed for root's rollback" (
+        lib.any (p: (p.pname or "") == "bcm-tools" || lib.hasSuffix "-bcm-tools" (toString p)) config.environment.systemPackages
+      ) "bcm-tools is not in environment.systemPackages")
+    ]
+  )
   ++ lib.optionals cfg.tor.proxy [
     (check "lnd: peers through Tor (tor.socks=${config.bcm.tor.socksEndpoint})" (
       h.hasLine conf "tor.active=true" && h.hasLine conf "tor.socks=${config.bcm.tor.socksEndpoint}"

@@ -51,6 +51,37 @@ class DaemonError(BcmError):
     exit_code = 3
 
 
+class LxdError(DaemonError):
+    """An LXD server that cannot take what the spec asks for: a pool or image it does not have, a
+    pool without room, a name taken by something bcm-tools did not make, a call it refused.
+    One line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+
+class ProvisionError(BcmError):
+    """Provisioning refused or left undone: a disk that would shrink, an instance that cannot be
+    changed into what the spec says, drift found without --apply, a destroy without --yes."""
+
+    exit_code = 1
+
+    def __init__(self, problems: list[str], notes: list[str] | None = None):
+        self.problems = problems
+        self._notes = notes or []
+        super().__init__("; ".join(problems))
+
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+
 class CredentialError(BcmError):
     """A key, identity or device could not be used (wrong key, refused on device, not connected)."""
 
@@ -98,3 +129,34 @@ class RpcError(DaemonError):
     def __init__(self, message: str, code: int | None = None):
         self.code = code
         super().__init__(message)
+
+
+class LndDataError(BcmError):
+    """LND's data could not be snapshotted or rolled back as asked: no snapshot, no room, another
+    file system, an interrupted restore."""
+
+    exit_code = 7
+
+
+class StartRefused(LndDataError):
+    """LND must not start on this data: an older LND than the one that last ran on it, or no room
+    for the snapshot a new version needs first. The exit code is the one the lnd unit lists in
+    RestartPreventExitStatus, so systemd does not restart into the same refusal."""
+
+    exit_code = 78
+
+
+class RollbackRefused(LndDataError):
+    """A rollback that could broadcast revoked channel state: the channels may have moved since the
+    snapshot. `reasons` are what LND's records show."""
+
+    def __init__(self, message: str, reasons: list[str], notes: list[str]):
+        self.reasons = reasons
+        self._notes = notes
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        return [str(self)] + [f"  {reason}" for reason in self.reasons]
+
+    def notes(self) -> list[str]:
+        return list(self._notes)

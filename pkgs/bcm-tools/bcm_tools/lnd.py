@@ -77,6 +77,32 @@ class NodeInfo(BaseModel):
     num_pending_channels: int
 
 
+class OpenChannelState(BaseModel):
+    """What can only move forward while a channel is open: its commitment height (LND's
+    `num_updates`) and what it has carried."""
+
+    num_updates: int
+    local_balance: int
+    remote_balance: int
+    sent: int
+    received: int
+    pending_htlcs: int
+
+
+class ChannelStateRecord(BaseModel):
+    """Everything LND reports that changes when channel state moves: each open channel's
+    commitment, channels opening, closing and closed, the payment index and the number of
+    forwarded HTLCs. Every field only grows or changes while channels move, never back."""
+
+    pubkey: str
+    alias: str
+    channels: dict[str, OpenChannelState]
+    pending: dict[str, str] = Field(description="channel point -> opening | closing | force-closing | waiting-close")
+    closed: list[str]
+    payment_index: int = Field(description="index of the newest payment, complete or not")
+    forwards: int = Field(description="forwarding events so far")
+
+
 class ChannelEvent(BaseModel):
     """One change LND reported on its channel event stream."""
 
@@ -213,6 +239,57 @@ class Lnd:
             synced_to_chain=r.synced_to_chain,
             num_active_channels=r.num_active_channels,
             num_pending_channels=r.num_pending_channels,
+        )
+
+    def channel_state(self) -> ChannelStateRecord:
+        """The channel state as LND reports it now (GetInfo, ListChannels, PendingChannels,
+        ClosedChannels, ListPayments, ForwardingHistory)."""
+        pb = self._pb["lightning_pb2"]
+        info = self._call("GetInfo", pb.GetInfoRequest())
+        channels = {
+            c.channel_point: OpenChannelState(
+                num_updates=c.num_updates,
+                local_balance=c.local_balance,
+                remote_balance=c.remote_balance,
+                sent=c.total_satoshis_sent,
+                received=c.total_satoshis_received,
+                pending_htlcs=len(c.pending_htlcs),
+            )
+            for c in self._call("ListChannels", pb.ListChannelsRequest()).channels
+        }
+        waiting = self._call("PendingChannels", pb.PendingChannelsRequest())
+        pending: dict[str, str] = {}
+        for kind, entries in (
+            ("opening", waiting.pending_open_channels),
+            ("closing", waiting.pending_closing_channels),
+            ("force-closing", waiting.pending_force_closing_channels),
+            ("waiting-close", waiting.waiting_close_channels),
+        ):
+            for entry in entries:
+                pending[entry.channel.channel_point] = kind
+        closed = sorted(c.channel_point for c in self._call("ClosedChannels", pb.ClosedChannelsRequest()).channels)
+        newest = self._call(
+            "ListPayments", pb.ListPaymentsRequest(include_incomplete=True, reversed=True, max_payments=1)
+        )
+        payment_index = max([newest.last_index_offset] + [p.payment_index for p in newest.payments])
+        forwards = 0
+        while True:
+            # start_time 0 and end_time 0: every event up to now, 50 000 per page.
+            page = self._call(
+                "ForwardingHistory",
+                pb.ForwardingHistoryRequest(start_time=0, index_offset=forwards, num_max_events=50_000),
+            )
+            if not page.forwarding_events:
+                break
+            forwards = max(page.last_offset_index, forwards + len(page.forwarding_events))
+        return ChannelStateRecord(
+            pubkey=info.identity_pubkey,
+            alias=info.alias,
+            channels=channels,
+            pending=pending,
+            closed=closed,
+            payment_index=payment_index,
+            forwards=forwards,
         )
 
     def subscribe_channel_events(self) -> Iterator[ChannelEvent]:

@@ -8,7 +8,9 @@ render, by store path. A `Host` turns that into a temporary machine:
 - **Store.** Every rendered file is written at its store path inside a private `/nix/store`.
   Each stub package (`/nix/store/000…-<pname>`) gets a `bin/` of real programs: the daemons the
   tests build or Debian ships (LND, monerod, tor, and for lndinit, which no registry here
-  serves, the stand-in in `tests/lndinit_standin`), and Debian's coreutils, util-linux,
+  serves, the stand-in in `tests/lndinit_standin`), this checkout's bcm-tools from the venv
+  the tests run in (its interpreter, venv and source mounted read-only at their own paths, as
+  the Nix package's closure would be in the store), and Debian's coreutils, util-linux,
   openssl, jq… for the rest. A package with no program here (bitcoind, Fulcrum) has an empty
   `bin/`, so a unit that needs it fails at exec, loudly.
 - **File system.** `/srv`, `/var` and `/run` come from a directory of the test's; `/usr` and
@@ -27,6 +29,8 @@ render, by store path. A `Host` turns that into a temporary machine:
   `MemoryDenyWriteExecute`, last, right before `execve`, as systemd does.
 - **Command prefixes**: `+` runs as root without any of the above (only the host's file system
   mapping), `-` ignores a failure, `!`/`!!` are treated like `+`.
+- **Stop**: `stop` runs ExecStop while the main process still runs, then ends it (SIGTERM, as
+  systemd's KillMode=control-group would), then ExecStopPost.
 
 Not emulated, so not tested here (the VM tests are their proof): `IPAddressAllow`/`IPAddressDeny`
 (cgroup BPF; the daemons share this machine's network namespace, on loopback),
@@ -51,11 +55,12 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from lnd_regtest import daemon_env, stop_process, wait_for
+from lnd_regtest import daemon_env, stop_process, stubs_dir, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 EXPORTED = REPO / "nixos-tests" / "eval" / "exported"
@@ -300,6 +305,8 @@ class Host:
             "monero-cli": {"monerod": Path("/usr/bin/monerod")},
             "tor": {"tor": Path("/usr/sbin/tor")},
         }
+        if "bcm-tools" in self.export["packages"]:
+            daemons["bcm-tools"] = self._bcm_tools(self.store / Path(self.export["packages"]["bcm-tools"]).name)
         daemons.update(self.programs)
         for pname, store_path in self.export["packages"].items():
             package = self.store / Path(store_path).name
@@ -314,6 +321,21 @@ class Host:
                 # A copy, not a symlink: the cache it was built into is under /root, which
                 # ProtectHome hides from the unit.
                 shutil.copy2(real, package / "bin" / program)
+
+    def _bcm_tools(self, package: Path) -> dict[str, Path]:
+        """A bin/bcm-tools that runs this checkout's bcm-tools with the stubs of the tests' LND,
+        as the Nix package's wrapper does with its own."""
+        stubs = stubs_dir()
+        if stubs is not None:
+            shutil.copytree(stubs, package / "share" / "lnd-stubs", dirs_exist_ok=True)
+        wrapper = self.private / "bcm-tools"
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f'export BCM_LND_STUBS="${{BCM_LND_STUBS:-/nix/store/{package.name}/share/lnd-stubs}}"\n'
+            f'exec {sys.prefix}/bin/bcm-tools "$@"\n'
+        )
+        wrapper.chmod(0o555)
+        return {"bcm-tools": wrapper}
 
     def write(self, host_path: str, text: str, mode: int = 0o600, owner: str = "root", group: str = "root") -> Path:
         target = self.path(host_path)
@@ -382,9 +404,15 @@ class Host:
         return running
 
     def stop(self, running: Running) -> int | None:
+        config = self.unit(running.unit)["serviceConfig"]
+        if running.process.poll() is None:
+            for line in as_list(config.get("ExecStop")):
+                self.run_command(running.unit, line)
         stop_process(running.process)
         if running in self.running:
             self.running.remove(running)
+        for line in as_list(config.get("ExecStopPost")):
+            self.run_command(running.unit, line)
         return running.process.returncode
 
     def stop_all(self) -> None:
@@ -531,6 +559,13 @@ class Host:
         credentials = self.private / "credentials" / name
         if config.get("LoadCredential") and credentials.exists():
             args += ["--ro-bind", str(credentials), f"/run/credentials/{name}.service"]
+        if self.export["packages"].get("bcm-tools", "//") in json.dumps(config):
+            # bin/bcm-tools runs from the venv; its interpreter, the venv and the checkout's source
+            # stand in for the package's closure in the store (last, over a ProtectHome /root).
+            for path in (sys.base_prefix, sys.prefix, str(REPO / "pkgs" / "bcm-tools")):
+                for parent in reversed(Path(path).parents[:-1]):
+                    args += ["--perms", "0755", "--dir", str(parent)]
+                args += ["--ro-bind", path, path]
         return args
 
 

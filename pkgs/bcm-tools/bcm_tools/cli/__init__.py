@@ -20,6 +20,7 @@ COMMANDS = {
     "spec": "bcm_tools.cli.spec:spec",
     "gen-host": "bcm_tools.cli.gen_host:gen_host",
     "backup": "bcm_tools.cli.backup:backup",
+    "lnd": "bcm_tools.cli.lnd:lnd",
     "trezor": "bcm_tools.cli.trezor:trezor",
     "secrets": "bcm_tools.cli.secrets:secrets",
 }
