@@ -129,6 +129,8 @@ let
     lib.optionalString (alerts.maxTipAgeSeconds != null) " or (time() - ${metric} > ${toString alerts.maxTipAgeSeconds})";
 
   backupTargetsWithLimit = lib.attrNames alerts.backupMaxAgeByTarget;
+  # The `target` label the watcher gives a target's metrics (bcm_tools/backup.py).
+  backupLabel = target: if lib.hasPrefix "ssh://" target then target else "local:${target}";
   backupTooOld =
     {
       selector,
@@ -248,15 +250,15 @@ let
           summary = "The backup target {{ $labels.target }} does not hold LND's current channel set. Check `journalctl -u lnd-backups` for its error (disk full or gone, SSH host down) and fix it; the watcher retries by itself.";
         })
         (backupTooOld {
-          selector = lib.optionalString (backupTargetsWithLimit != [ ]) ''{target!~"${regexOf backupTargetsWithLimit}"}'';
+          selector = lib.optionalString (backupTargetsWithLimit != [ ]) ''{target!~"${regexOf (map backupLabel backupTargetsWithLimit)}"}'';
           maxAge = alerts.backupMaxAgeSeconds;
         })
       ]
       ++ lib.mapAttrsToList (
         target: maxAge:
         backupTooOld {
-          selector = ''{target="${target}"}'';
-          labels = { inherit target; };
+          selector = ''{target="${backupLabel target}"}'';
+          labels.target = backupLabel target;
           inherit maxAge;
         }
       ) alerts.backupMaxAgeByTarget

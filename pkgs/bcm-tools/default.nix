@@ -20,6 +20,11 @@ let
       '';
   # Not in nixpkgs (its `bitcoinrpc` is another client); packaged beside bcm-tools.
   python-bitcoinrpc = python3Packages.callPackage ../python-bitcoinrpc { };
+  # `exporter` serves Prometheus metrics; `connect` prints QR codes.
+  operatorViewDeps = with python3Packages; [
+    prometheus-client
+    segno
+  ];
 in
 python3Packages.buildPythonApplication {
   pname = "bcm-tools";
@@ -38,7 +43,7 @@ python3Packages.buildPythonApplication {
 
   build-system = [ python3Packages.setuptools ];
 
-  dependencies = [ python-bitcoinrpc ] ++ (with python3Packages; [
+  dependencies = [ python-bitcoinrpc ] ++ operatorViewDeps ++ (with python3Packages; [
     click
     pydantic
     jinja2

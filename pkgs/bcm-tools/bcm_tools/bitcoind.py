@@ -113,6 +113,30 @@ class ImportResult(_Reply):
     error: ImportFailure | None = None
 
 
+class ChainStatus(_Reply):
+    """getblockchaininfo, as monitoring reads it."""
+
+    chain: str
+    blocks: int
+    headers: int
+    verificationprogress: float
+    initialblockdownload: bool
+    time: int = 0  # the tip's block time (Bitcoin Core 23 and later)
+    size_on_disk: int = 0
+    pruned: bool = False
+
+
+class NetworkStatus(_Reply):
+    connections: int = 0
+    connections_in: int = 0
+    connections_out: int = 0
+
+
+class MempoolStatus(_Reply):
+    size: int
+    bytes: int
+
+
 _ReplyT = TypeVar("_ReplyT", bound=_Reply)
 
 
@@ -191,3 +215,14 @@ class Bitcoind:
             if not result.success:
                 message = result.error.message if result.error else "unknown error"
                 raise DaemonError(f"bitcoind refused descriptor {request['desc']}: {message}")
+
+    # --- monitoring (the calls the `monitoring` RPC user may make) ------------------------
+
+    def chain_status(self) -> ChainStatus:
+        return self.typed(ChainStatus, "getblockchaininfo")
+
+    def network_status(self) -> NetworkStatus:
+        return self.typed(NetworkStatus, "getnetworkinfo")
+
+    def mempool_status(self) -> MempoolStatus:
+        return self.typed(MempoolStatus, "getmempoolinfo")

@@ -117,6 +117,36 @@ def _chan_point_str(point: Any) -> str:
     return f"{txid}:{point.output_index}"
 
 
+class NodeStatus(BaseModel):
+    """GetInfo as monitoring reads it."""
+
+    pubkey: str
+    alias: str
+    block_height: int
+    synced_to_chain: bool
+    synced_to_graph: bool
+    num_peers: int
+    num_active_channels: int
+    num_inactive_channels: int
+    num_pending_channels: int
+
+
+class ChannelBalance(BaseModel):
+    """One open channel and where its funds are."""
+
+    chan_point: str
+    remote_pubkey: str
+    active: bool
+    capacity: int
+    local_balance: int
+    remote_balance: int
+
+
+class WalletBalance(BaseModel):
+    confirmed: int
+    unconfirmed: int
+
+
 class Lnd:
     """A connection to one LND; each method is one RPC with LND's errors turned into ours."""
 
@@ -317,6 +347,43 @@ class Lnd:
             raise self._error("SubscribeChannelEvents", err) from None
         finally:
             stream.cancel()
+
+    # --- monitoring (read-only: info:read, offchain:read, onchain:read) ------------------
+
+    def node_status(self) -> NodeStatus:
+        pb = self._pb["lightning_pb2"]
+        r = self._call("GetInfo", pb.GetInfoRequest())
+        return NodeStatus(
+            pubkey=r.identity_pubkey,
+            alias=r.alias,
+            block_height=r.block_height,
+            synced_to_chain=r.synced_to_chain,
+            synced_to_graph=r.synced_to_graph,
+            num_peers=r.num_peers,
+            num_active_channels=r.num_active_channels,
+            num_inactive_channels=r.num_inactive_channels,
+            num_pending_channels=r.num_pending_channels,
+        )
+
+    def channel_balances(self) -> list[ChannelBalance]:
+        pb = self._pb["lightning_pb2"]
+        r = self._call("ListChannels", pb.ListChannelsRequest())
+        return [
+            ChannelBalance(
+                chan_point=c.channel_point,
+                remote_pubkey=c.remote_pubkey,
+                active=c.active,
+                capacity=c.capacity,
+                local_balance=c.local_balance,
+                remote_balance=c.remote_balance,
+            )
+            for c in r.channels
+        ]
+
+    def wallet_balance(self) -> WalletBalance:
+        pb = self._pb["lightning_pb2"]
+        r = self._call("WalletBalance", pb.WalletBalanceRequest())
+        return WalletBalance(confirmed=r.confirmed_balance, unconfirmed=r.unconfirmed_balance)
 
     # --- wallet unlocker -----------------------------------------------------------------
 

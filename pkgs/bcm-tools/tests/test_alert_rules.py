@@ -29,8 +29,9 @@ pytestmark = pytest.mark.repo
 RULES_NAME = "bcm-alerts.rules.yml"
 NODE = {"job": "node", "instance": "127.0.0.1:9100"}
 LND = {"job": "lnd", "instance": "127.0.0.1:9120"}
-BULK_TARGET = "/srv/bulk/lnd-backups"
-FAST_TARGET = "/srv/fast/lnd-backups"  # 60 s limit of its own in the fixture host
+# Targets as the watcher labels them ("local:" and the directory).
+BULK_TARGET = "local:/srv/bulk/lnd-backups"
+FAST_TARGET = "local:/srv/fast/lnd-backups"  # 60 s limit of its own in the fixture host
 
 
 def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
