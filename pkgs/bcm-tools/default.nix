@@ -54,6 +54,8 @@ python3Packages.buildPythonApplication {
     cryptography
     grpcio
     protobuf
+    confluent-kafka
+    pyzmq
   ]);
 
   # The CLI shells out to these; put them on its PATH.
@@ -85,6 +87,7 @@ python3Packages.buildPythonApplication {
     "lnd"
     "btcd"
     "monerod"
+    "kafka"
     "tor"
     "nix"
     "repo"

@@ -23,6 +23,7 @@ COMMANDS = {
     "lnd": "bcm_tools.cli.lnd:lnd",
     "trezor": "bcm_tools.cli.trezor:trezor",
     "secrets": "bcm_tools.cli.secrets:secrets",
+    "events": "bcm_tools.cli.events:events",
     "exporter": "bcm_tools.cli.exporter:exporter",
 }
 
