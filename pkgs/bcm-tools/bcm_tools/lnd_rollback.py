@@ -456,10 +456,12 @@ def clean_incomplete(layout: Layout) -> list[str]:
     return removed
 
 
-def _refuse(layout: Layout, installed: str, ran: str, snapshot: str | None, line: str, now: datetime) -> StartDecision:
+def _refuse(
+    layout: Layout, installed: str, ran: str, snapshot: str | None, line: str, now: datetime, messages: list[str]
+) -> StartDecision:
     refusal = Refusal(refused=now, installed=installed, ran=ran, snapshot=snapshot, line=line)
     _write_model(layout.snapshots_dir / REFUSAL_FILE, refusal)
-    return StartDecision([line], refusal=line)
+    return StartDecision(messages, refusal=line)
 
 
 def _rollback_command(layout: Layout) -> str:
@@ -499,7 +501,7 @@ def prepare_start(
             f"a rollback of {layout.data_dir} was interrupted (the data is either the old or the restored "
             f"copy, never a mix); not starting LND until it is finished: run as root: {_rollback_command(layout)}"
         )
-        return _refuse(layout, installed, installed, getattr(journal, "snapshot", None), line, now)
+        return _refuse(layout, installed, installed, getattr(journal, "snapshot", None), line, now, messages)
     for removed in clean_incomplete(layout):
         messages.append(f"removed the incomplete snapshot {removed}")
 
@@ -520,18 +522,18 @@ def prepare_start(
                 f"{layout.snapshot(chosen.name)} (taken {chosen.taken:%Y-%m-%d %H:%M} UTC); run as root: "
                 f"{_rollback_command(layout)}"
             )
-            return _refuse(layout, installed, ran, chosen.name, line, now)
+            return _refuse(layout, installed, ran, chosen.name, line, now, messages)
         line = (
             f"LND {installed} is older than LND {ran}, which last ran on {layout.data_dir} and may have "
             f"migrated its database; not starting it. No snapshot of {installed}'s data is kept in "
             f"{layout.snapshots_dir}: switch to a generation with LND {ran} or newer, or recover the funds "
             "from the static channel backup (bcm-tools backup restore)"
         )
-        return _refuse(layout, installed, ran, None, line, now)
+        return _refuse(layout, installed, ran, None, line, now, messages)
     else:
         decision = _take_snapshot(layout, ran, installed, keep, reserve, system, now)
         if decision.refusal:
-            return _refuse(layout, installed, ran or "unknown", None, decision.refusal, now)
+            return _refuse(layout, installed, ran or "unknown", None, decision.refusal, now, messages)
         messages += decision.messages
         snapshot = decision.snapshot
 
@@ -572,7 +574,7 @@ def _take_snapshot(
             f"{installed} starts ({why}): a copy needs {_mb(size)} and {_mb(reserve)} must stay free, "
             f"{_mb(free)} is free; not starting LND. Free space or lower bcm.lnd.snapshots.keep, then start lnd again"
         )
-        return StartDecision([line], refusal=line)
+        return StartDecision([], refusal=line)
     started = datetime.now(timezone.utc)
     try:
         copy_tree(layout.data_dir, partial, reflink=reflink, skip=NOT_SNAPSHOTTED)
@@ -583,7 +585,7 @@ def _take_snapshot(
                 f"the file system of {layout.snapshots_dir} filled up while copying {layout.data_dir} before LND "
                 f"{installed} starts; the partial copy is removed and LND is not started. Free space, then start lnd again"
             )
-            return StartDecision([line], refusal=line)
+            return StartDecision([], refusal=line)
         raise LndDataError(f"cannot snapshot {layout.data_dir} into {layout.snapshots_dir}: {err.strerror} ({err.filename})") from None
     os.rename(partial, target)
     _fsync_dir(layout.snapshots_dir)
