@@ -16,7 +16,7 @@ let
       ''
         mkdir -p $out
         python -m grpc_tools.protoc -I ${lnd.src}/lnrpc --python_out=$out --grpc_python_out=$out \
-          lightning.proto walletunlocker.proto stateservice.proto
+          lightning.proto walletunlocker.proto stateservice.proto routerrpc/router.proto
       '';
   # Not in nixpkgs (its `bitcoinrpc` is another client); packaged beside bcm-tools.
   python-bitcoinrpc = python3Packages.callPackage ../python-bitcoinrpc { };

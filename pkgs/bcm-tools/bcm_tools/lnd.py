@@ -48,6 +48,11 @@ def load_stubs(stubs_dir: str | os.PathLike[str] | None = None) -> dict[str, Mod
             sys.path.insert(0, str(path))
         for name in ("lightning_pb2", "lightning_pb2_grpc", "walletunlocker_pb2", "walletunlocker_pb2_grpc"):
             _stubs[name] = importlib.import_module(name)
+        # The router's stubs (TrackPayments, for the events bridge) may be absent from an older
+        # stubs directory; only the calls that need them fail then.
+        if (path / "routerrpc" / "router_pb2.py").is_file():
+            for name in ("router_pb2", "router_pb2_grpc"):
+                _stubs[name] = importlib.import_module(f"routerrpc.{name}")
         return _stubs
 
 
@@ -115,6 +120,55 @@ def _chan_point_str(point: Any) -> str:
     which = point.WhichOneof("funding_txid")
     txid = point.funding_txid_str if which == "funding_txid_str" else point.funding_txid_bytes[::-1].hex()
     return f"{txid}:{point.output_index}"
+
+
+class ChannelChange(BaseModel):
+    """One update of LND's channel event stream, with what it says about the channel."""
+
+    event: str  # pending_open, open, active, inactive, closed, fully_resolved, funding_timeout
+    channel_point: str
+    remote_pubkey: str | None = None
+    capacity_sat: int | None = None
+    close_type: str | None = None
+
+
+class InvoiceUpdate(BaseModel):
+    """An invoice as LND's invoice stream reports it when it is added or changes state."""
+
+    payment_hash: str
+    state: str  # OPEN, SETTLED, CANCELED, ACCEPTED
+    value_msat: int
+    amt_paid_msat: int
+    memo: str
+    add_index: int
+    settle_index: int
+    creation_date: int
+    settle_date: int
+
+
+class PaymentUpdate(BaseModel):
+    """An outgoing payment as the router's TrackPayments stream reports it."""
+
+    payment_hash: str
+    status: str  # UNKNOWN, IN_FLIGHT, SUCCEEDED, FAILED, INITIATED
+    value_msat: int
+    fee_msat: int
+    payment_index: int
+    creation_time_ns: int
+    failure_reason: str
+
+
+class WalletTransaction(BaseModel):
+    """An on-chain transaction of LND's wallet (SubscribeTransactions)."""
+
+    txid: str
+    amount_sat: int
+    fee_sat: int
+    num_confirmations: int
+    block_height: int
+    block_hash: str
+    time_stamp: int
+    label: str
 
 
 class NodeStatus(BaseModel):
@@ -384,6 +438,88 @@ class Lnd:
         pb = self._pb["lightning_pb2"]
         r = self._call("WalletBalance", pb.WalletBalanceRequest())
         return WalletBalance(confirmed=r.confirmed_balance, unconfirmed=r.unconfirmed_balance)
+
+    # --- event streams (the events bridge) -------------------------------------------------
+
+    def _stream(self, method: str, request: Any, stub: Any = None) -> Iterator[Any]:
+        """Yields the updates of a server stream until LND ends it (DaemonError) or it is
+        cancelled (returns)."""
+        try:
+            stream = getattr(stub or self._lightning, method)(request)
+        except grpc.RpcError as err:
+            raise self._error(method, err) from None
+        try:
+            yield from stream
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise self._error(method, err) from None
+        finally:
+            stream.cancel()
+        raise DaemonError(f"LND at {self.endpoint.rpc} ended the {method} stream")
+
+    def channel_changes(self) -> Iterator[ChannelChange]:
+        """SubscribeChannelEvents, each update with its channel point and what LND says of it."""
+        pb = self._pb["lightning_pb2"]
+        for update in self._stream("SubscribeChannelEvents", pb.ChannelEventSubscription()):
+            which = update.WhichOneof("channel")
+            if which == "open_channel":
+                c = update.open_channel
+                yield ChannelChange(event="open", channel_point=c.channel_point, remote_pubkey=c.remote_pubkey, capacity_sat=c.capacity)
+            elif which == "closed_channel":
+                c = update.closed_channel
+                yield ChannelChange(
+                    event="closed", channel_point=c.channel_point, remote_pubkey=c.remote_pubkey, capacity_sat=c.capacity,
+                    close_type=pb.ChannelCloseSummary.ClosureType.Name(c.close_type),
+                )
+            elif which == "active_channel":
+                yield ChannelChange(event="active", channel_point=_chan_point_str(update.active_channel))
+            elif which == "inactive_channel":
+                yield ChannelChange(event="inactive", channel_point=_chan_point_str(update.inactive_channel))
+            elif which == "fully_resolved_channel":
+                yield ChannelChange(event="fully_resolved", channel_point=_chan_point_str(update.fully_resolved_channel))
+            elif which == "pending_open_channel":
+                p = update.pending_open_channel
+                yield ChannelChange(event="pending_open", channel_point=f"{p.txid[::-1].hex()}:{p.output_index}")
+            elif which == "channel_funding_timeout":
+                yield ChannelChange(event="funding_timeout", channel_point=_chan_point_str(update.channel_funding_timeout))
+
+    def invoice_updates(self, add_index: int = 0, settle_index: int = 0) -> Iterator[InvoiceUpdate]:
+        """SubscribeInvoices: first every invoice added after `add_index` and settled after
+        `settle_index` (what was missed), then each change as it happens."""
+        pb = self._pb["lightning_pb2"]
+        states = pb.Invoice.InvoiceState
+        request = pb.InvoiceSubscription(add_index=add_index, settle_index=settle_index)
+        for invoice in self._stream("SubscribeInvoices", request):
+            yield InvoiceUpdate(
+                payment_hash=invoice.r_hash.hex(), state=states.Name(invoice.state), value_msat=invoice.value_msat,
+                amt_paid_msat=invoice.amt_paid_msat, memo=invoice.memo, add_index=invoice.add_index,
+                settle_index=invoice.settle_index, creation_date=invoice.creation_date, settle_date=invoice.settle_date,
+            )
+
+    def payment_updates(self) -> Iterator[PaymentUpdate]:
+        """The router's TrackPayments: every outgoing payment each time its status changes."""
+        if "router_pb2" not in self._pb:
+            raise BcmError(f"LND's router stubs (routerrpc/router_pb2.py) are not in {STUBS_ENV}; regenerate the stubs")
+        router = self._pb["router_pb2_grpc"].RouterStub(self._channel)
+        statuses = self._pb["lightning_pb2"].Payment.PaymentStatus
+        reasons = self._pb["lightning_pb2"].PaymentFailureReason
+        request = self._pb["router_pb2"].TrackPaymentsRequest(no_inflight_updates=False)
+        for payment in self._stream("TrackPayments", request, stub=router):
+            yield PaymentUpdate(
+                payment_hash=payment.payment_hash, status=statuses.Name(payment.status), value_msat=payment.value_msat,
+                fee_msat=payment.fee_msat, payment_index=payment.payment_index, creation_time_ns=payment.creation_time_ns,
+                failure_reason=reasons.Name(payment.failure_reason),
+            )
+
+    def wallet_transactions(self) -> Iterator[WalletTransaction]:
+        """SubscribeTransactions: the wallet's transactions, when first seen and when confirmed."""
+        pb = self._pb["lightning_pb2"]
+        for tx in self._stream("SubscribeTransactions", pb.GetTransactionsRequest()):
+            yield WalletTransaction(
+                txid=tx.tx_hash, amount_sat=tx.amount, fee_sat=tx.total_fees, num_confirmations=tx.num_confirmations,
+                block_height=tx.block_height, block_hash=tx.block_hash, time_stamp=tx.time_stamp, label=tx.label,
+            )
 
     # --- wallet unlocker -----------------------------------------------------------------
 

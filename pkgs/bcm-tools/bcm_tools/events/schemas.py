@@ -83,7 +83,7 @@ class LndChannel(_Message):
     """A change on LND's channel event stream."""
 
     schema_id: Literal["lnd.channels/1"] = Field(default="lnd.channels/1", alias="schema")
-    event: Literal["pending_open", "open", "active", "inactive", "closed", "fully_resolved", "opening_failed"]
+    event: Literal["pending_open", "open", "active", "inactive", "closed", "fully_resolved", "funding_timeout"]
     node: str = Field(description="This LND's identity public key.")
     channel_point: str = Field(pattern=r"^[0-9a-f]{64}:\d+$")
     remote_pubkey: str | None = None
