@@ -148,7 +148,38 @@ let
       summary = "The newest verified channel backup in {{ $labels.target }} is older than LND's last channel change by more than ${toString maxAge} s: a restore from it would miss channels. Check `journalctl -u lnd-backups` for that target's error and make it reachable and writable.";
     };
 
+  # Each tier's size, free space and capacity plan under one name with a `tier` label, for
+  # `bcm-tools status` and the dashboards.
+  tierRecords = lib.concatMap (
+    tier:
+    let
+      selector = ''{mountpoint="${tier.mountPoint}"}'';
+      labels = {
+        tier = tier.name;
+        mountpoint = tier.mountPoint;
+      };
+    in
+    [
+      {
+        record = "bcm_tier_size_bytes";
+        expr = "max(node_filesystem_size_bytes${selector})";
+        inherit labels;
+      }
+      {
+        record = "bcm_tier_avail_bytes";
+        expr = "max(node_filesystem_avail_bytes${selector})";
+        inherit labels;
+      }
+    ]
+    ++ lib.optional (cfg.capacityPlanGB.${tier.name} != null) {
+      record = "bcm_tier_planned_bytes";
+      expr = "vector(${toString (cfg.capacityPlanGB.${tier.name} * 1000000000)})";
+      inherit labels;
+    }
+  ) tiers;
+
   rules = lib.concatLists [
+    tierRecords
     [
       (alert {
         name = "BcmServiceDown";
@@ -591,6 +622,16 @@ in
       };
     };
 
+    capacityPlanGB = lib.genAttrs [ "fast" "bulk" ] (
+      tier:
+      lib.mkOption {
+        type = lib.types.nullOr lib.types.ints.positive;
+        default = null;
+        example = 289;
+        description = "What the capacity plan (`bcm-tools spec validate`) places on the ${tier} tier, in GB; `bcm-tools status` and the dashboards show the tier against it.";
+      }
+    );
+
     extraRules = lib.mkOption {
       type = lib.types.listOf (lib.types.attrsOf lib.types.anything);
       default = [ ];
@@ -602,7 +643,7 @@ in
       readOnly = true;
       default = rules;
       defaultText = lib.literalMD "the alert rules of the enabled services";
-      description = "Every rule in the rendered rules file.";
+      description = "Every rule in the rendered rules file: the alerts and the tiers' recording rules.";
     };
 
     rulesFile = lib.mkOption {

@@ -555,6 +555,9 @@ class _Metrics:
             temporary = self.path.with_name(f".{self.path.name}.tmp")
             try:
                 temporary.write_text("".join(lines))
+                # Readable by the watcher's group, whatever the umask (the unit's is 0077): the
+                # node exporter reads it as a member of that group (bcm.monitoring).
+                os.chmod(temporary, 0o640)
                 os.replace(temporary, self.path)
             except OSError as err:
                 log.warning("cannot write metrics to %s: %s", self.path, err.strerror)

@@ -201,10 +201,11 @@ def port_open(port: int) -> bool:
 
 
 class Process:
-    def __init__(self, name: str, args: list[str], directory: Path, env: dict[str, str] | None = None):
+    def __init__(self, name: str, args: list[str], directory: Path, env: dict[str, str] | None = None, umask: int | None = None):
         self.name = name
         self.log = directory / f"{name}.log"
-        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        preexec = (lambda: os.umask(umask)) if umask is not None else None
+        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
 
     def wait_port(self, port: int, timeout: float = 60) -> None:
         def ready() -> bool:
@@ -287,7 +288,7 @@ class Stack:
             *CLI, "backup", "watch", "--lnd-rpc", self.alice.rpc, "--lnd-tls-cert", str(self.alice.tls_cert),
             "--lnd-macaroon", str(self.alice.admin_macaroon), "-r", _recipient(identity),
             "-t", str(self.backup_target), "--metrics", str(self.textfile_dir / "lnd_backups.prom"),
-        ])
+        ], umask=0o077)  # the unit's UMask (hardening.strict)
         wait_for("the backup watcher's metrics", lambda: "bcm_lnd_backup_last_success_timestamp_seconds{" in _read(self.textfile_dir / "lnd_backups.prom"), timeout=60)
 
         self.monerod, self.monerod_rpc = start_monerod(self.root)
@@ -308,8 +309,8 @@ class Stack:
         self._start_exporter()
         self._start_prometheus()
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
-        process = Process(name, args, self.root, env=env)
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None, umask: int | None = None) -> Process:
+        process = Process(name, args, self.root, env=env, umask=umask)
         self.processes.append(process)
         return process
 

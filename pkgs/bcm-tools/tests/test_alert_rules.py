@@ -322,7 +322,8 @@ def rules_dir(tmp_path):
 def test_promtool_accepts_the_rendered_rules(rules_dir):
     run = subprocess.run(["promtool", "check", "rules", str(rules_dir / RULES_NAME)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert f"SUCCESS: {len(rules())} rules found" in run.stdout
+    every = [rule for group in json.loads(exported_file(RULES_NAME))["groups"] for rule in group["rules"]]
+    assert f"SUCCESS: {len(every)} rules found" in run.stdout
 
 
 def test_every_alert_has_a_case_that_fires_it_and_one_that_does_not():

@@ -81,6 +81,9 @@ def test_a_query_for_each_daemon_shows_its_data(stack):
     fast = value(stack, 'node_filesystem_avail_bytes{mountpoint="/srv/fast"} / node_filesystem_size_bytes{mountpoint="/srv/fast"}')
     bulk = value(stack, 'node_filesystem_avail_bytes{mountpoint="/srv/bulk"} / node_filesystem_size_bytes{mountpoint="/srv/bulk"}')
     assert fast < 0.1 < 0.9 < bulk
+    # Under the unit's umask 0077 the textfile is still readable by the watcher's group, of
+    # which the module makes the node exporter a member.
+    assert (stack.textfile_dir / "lnd_backups.prom").stat().st_mode & 0o777 == 0o640
     # The watcher labels a local target "local:" and its directory, as the module's rules expect.
     backup = value(stack, f'bcm_lnd_backup_channels{{target="local:{stack.backup_target}"}}')
     assert backup == 1
@@ -90,7 +93,7 @@ def test_a_query_for_each_daemon_shows_its_data(stack):
 def test_the_rules_are_loaded_and_alerts_follow_the_real_daemons(stack):
     rules = http_json(f"{stack.prometheus_url}/api/v1/rules")["data"]["groups"]
     loaded = {rule["name"] for group in rules for rule in group["rules"] if rule["type"] == "alerting"}
-    rendered = {rule["alert"] for group in json.loads(stack.rendered.file("bcm-alerts.rules.yml"))["groups"] for rule in group["rules"]}
+    rendered = {rule["alert"] for group in json.loads(stack.rendered.file("bcm-alerts.rules.yml"))["groups"] for rule in group["rules"] if "alert" in rule}
     assert loaded == rendered
     assert all(rule["health"] == "ok" for group in rules for rule in group["rules"]), rules
 
@@ -106,3 +109,87 @@ def test_the_rules_are_loaded_and_alerts_follow_the_real_daemons(stack):
     # Nothing that holds here is alerted: LND is synced, its channel active, monerod level.
     assert not names & {"LndNotSyncedToChain", "LndChannelInactive", "MonerodBehind", "BcmDaemonUnreachable", "BcmScrapeFailing"}
     assert ("TierLowOnSpace", "bulk") not in pending()
+
+
+# --- bcm-tools status ---------------------------------------------------------------------------
+
+
+def status(run_cli, stack, *args):
+    return run_cli("status", "regtest1", "--prometheus-port", str(stack.ports["prometheus"]), *args)
+
+
+def wait_status(run_cli, stack, *args) -> dict:
+    """`status --json` once Prometheus has scraped everything the report shows."""
+
+    def complete():
+        run = status(run_cli, stack, *args, "--json")
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        return report if report["lnd"] and report["backups"] and len(report["tiers"]) == 2 and report["alerts"] else None
+
+    return wait_for("a complete status report", complete, timeout=90, interval=1)
+
+
+def test_status_on_the_node_shows_chains_channels_backups_tiers_and_alerts(run_cli, stack):
+    report = wait_status(run_cli, stack, "--local")
+    # bitcoind's figures come from the stand-in; the rest from the real daemons.
+    assert (report["bitcoind"]["blocks"], report["bitcoind"]["headers"]) == (stack.bitcoind.blocks, stack.bitcoind.headers)
+    assert (report["bitcoind"]["peers_in"], report["bitcoind"]["peers_out"]) == (2, 8)
+    assert report["monerod"]["height"] == 4
+    assert report["tor_bootstrap_percent"] < 100
+    info = stack.alice.cli("getinfo")
+    assert report["lnd"]["block_height"] == info["block_height"] and report["lnd"]["synced_to_chain"] is True
+    [channel] = report["lnd"]["channels"]
+    listed = next(c for c in stack.alice.cli("listchannels")["channels"] if c["channel_point"] == stack.channel)
+    assert (channel["chan_point"], channel["remote_pubkey"]) == (stack.channel, listed["remote_pubkey"])
+    assert (channel["local_balance_sat"], channel["remote_balance_sat"], channel["capacity_sat"]) == (
+        int(listed["local_balance"]), int(listed["remote_balance"]), int(listed["capacity"]))
+    assert report["lnd"]["wallet_confirmed_sat"] == int(stack.alice.cli("walletbalance")["confirmed_balance"])
+    [backup] = report["backups"]
+    assert backup["target"] == f"local:{stack.backup_target}" and backup["channels"] == 1 and backup["behind"] is False
+    tiers = {t["tier"]: t for t in report["tiers"]}
+    assert tiers["fast"]["mountpoint"] == "/srv/fast" and tiers["fast"]["size_bytes"] == 64 << 20
+    assert tiers["fast"]["avail_bytes"] < 0.1 * tiers["fast"]["size_bytes"]
+    assert (tiers["fast"]["planned_bytes"], tiers["bulk"]["planned_bytes"]) == (5e9, 2e9)
+    alerts = {(a["name"], a["labels"].get("tier")) for a in report["alerts"]}
+    assert {("TierLowOnSpace", "fast"), ("TorNotBootstrapped", None)} <= alerts
+    assert all(a["summary"] for a in report["alerts"])
+
+    screen = status(run_cli, stack, "--local")
+    assert screen.returncode == 0, screen.stderr
+    text = screen.stdout
+    assert f"height {report['lnd']['block_height']:,}" in text and "synced to chain yes" in text
+    assert f"{int(listed['local_balance']):,}" in text
+    assert f"backup     local:{stack.backup_target}: 1 channels" in text
+    assert "tier       fast (/srv/fast)" in text and "plan 5.0 GB" in text
+    assert any(line.startswith("  pending  TierLowOnSpace{") and "tier=fast" in line for line in text.splitlines())
+    print(text)  # the screen the README shows
+
+
+def test_status_over_ssh_as_the_operator(run_cli, stack, tmp_path):
+    from sshd_loopback import LoopbackSshd
+
+    sshd = LoopbackSshd(tmp_path / "sshd")
+    sshd.start()
+    try:
+        args = ["--user", sshd.user, "--ssh-port", str(sshd.port), "--identity", str(sshd.client_key),
+                "--known-hosts", str(sshd.known_hosts)]
+        run = run_cli("status", "127.0.0.1", "--prometheus-port", str(stack.ports["prometheus"]), "--json", *args)
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        assert report["host"] == "127.0.0.1" and report["lnd"]["channels"][0]["chan_point"] == stack.channel
+        assert report["prometheus"].startswith("http://127.0.0.1:") and not report["prometheus"].endswith(f":{stack.ports['prometheus']}")
+        assert sshd.logins() >= 1
+    finally:
+        sshd.stop()
+
+
+def test_status_errors_are_one_line(run_cli, stack, tmp_path):
+    from lnd_regtest import free_port
+
+    unreachable = run_cli("status", "127.0.0.1", "--ssh-port", str(free_port()), "--known-hosts", str(tmp_path / "none"))
+    assert unreachable.returncode == 3
+    assert unreachable.stderr.startswith("error: ssh to operator@127.0.0.1 failed: ") and unreachable.stderr.count("\n") == 1
+    no_prometheus = run_cli("status", "regtest1", "--local", "--prometheus-port", str(free_port()))
+    assert no_prometheus.returncode == 3
+    assert no_prometheus.stderr.startswith("error: cannot reach Prometheus at http://127.0.0.1:") and "Traceback" not in no_prometheus.stderr

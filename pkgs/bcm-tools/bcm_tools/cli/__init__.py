@@ -25,6 +25,7 @@ COMMANDS = {
     "secrets": "bcm_tools.cli.secrets:secrets",
     "events": "bcm_tools.cli.events:events",
     "exporter": "bcm_tools.cli.exporter:exporter",
+    "status": "bcm_tools.cli.status:status",
 }
 
 
