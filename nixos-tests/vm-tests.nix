@@ -30,6 +30,7 @@ let
       builtins.intersectAttrs (builtins.functionArgs test) {
         inherit
           lib
+          pkgs
           self
           testDefaults
           common
@@ -45,4 +46,6 @@ lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
 // {
   # Two clearnet nodes on a VM network: a channel opens and a payment settles.
   vm-lightning = callTest ./lightning.nix;
+  # An LND upgrade undone through a snapshot, and refused after a payment (specialisations).
+  vm-lnd-rollback = callTest ./lnd-rollback.nix;
 }

@@ -308,6 +308,9 @@ in
     runtimeShell
     ;
   writeScript = name: text: writeText name text;
+  # trivial-builders/default.nix runCommand; simplified: never built, a stub package with the
+  # derivation's passthru (as nixpkgs puts it on the derivation). Only VM tests use it.
+  runCommand = name: env: _buildCommand: mkPackage name (env.passthru or { });
   system = "x86_64-linux";
   stdenv.hostPlatform.system = "x86_64-linux";
 

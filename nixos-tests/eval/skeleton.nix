@@ -10,6 +10,7 @@
   config,
   lib,
   pkgs,
+  extendModules,
   ...
 }:
 let
@@ -834,6 +835,44 @@ in
     # nixos/modules/misc/nixpkgs.nix; simplified: not elaborated into a platform.
     nixpkgs.hostPlatform = mkOption {
       type = types.either types.str (types.attrsOf types.anything);
+    };
+    # nixos/modules/system/activation/specialisation.nix: each configuration is this system
+    # extended with no-clone.nix, so `specialisation.<name>.configuration` is the specialised
+    # system's config. Simplified: inheritParentConfig = false (nixpkgs starts from
+    # noUserModules) is refused, and no-clone.nix's boot.loader.grub.device is left out.
+    specialisation = mkOption {
+      default = { };
+      type = types.attrsOf (
+        types.submodule {
+          options.inheritParentConfig = mkOption {
+            type = types.addCheck types.bool (parent: parent || throw "skeleton: specialisation.<name>.inheritParentConfig = false is not modelled");
+            default = true;
+          };
+          options.configuration = mkOption {
+            default = { };
+            inherit
+              (extendModules {
+                modules = [
+                  (
+                    { lib, ... }:
+                    {
+                      specialisation = lib.mkOverride 0 { };
+                      isSpecialisation = lib.mkOverride 0 true;
+                    }
+                  )
+                ];
+              })
+              type
+              ;
+          };
+        }
+      );
+    };
+    # nixos/modules/system/activation/top-level.nix.
+    isSpecialisation = mkOption {
+      type = types.bool;
+      internal = true;
+      default = false;
     };
     # nixos/modules/misc/version.nix; simplified: no default.
     system.stateVersion = mkOption {

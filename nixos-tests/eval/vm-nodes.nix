@@ -126,6 +126,30 @@ let
       scriptEvaluates = builtins.tryEval (builtins.deepSeq script true);
     in
     lib.concatLists (lib.mapAttrsToList (nodeChecks testName) evaluated)
+    # Each specialisation is a system of its own (the skeleton's `specialisation` extends the
+    # node's modules as nixpkgs does): the same checks, and its units must evaluate.
+    ++ lib.concatLists (
+      lib.mapAttrsToList (
+        nodeName: e:
+        lib.concatLists (
+          lib.mapAttrsToList (
+            specName: spec:
+            let
+              label = "${nodeName} (specialisation ${specName})";
+            in
+            nodeChecks testName label {
+              config = spec.configuration;
+              inherit (e) options;
+            }
+            ++ [
+              (check "${testName}.${label}: every unit's settings evaluate" (builtins.deepSeq (lib.mapAttrs (
+                _: unit: unit.serviceConfig
+              ) spec.configuration.systemd.services) true) "")
+            ]
+          ) e.config.specialisation
+        )
+      ) evaluated
+    )
     ++ [
       (check "${testName}: the test script evaluates against its nodes" (
         scriptEvaluates.success && lib.isString script
