@@ -736,7 +736,6 @@ in
         "info:read"
         "offchain:read"
         "onchain:read"
-        "peers:read"
       ];
     };
     bcm.tor.controlPort = lib.mkIf tor.enable (lib.mkDefault 9051);
