@@ -37,9 +37,9 @@ class BitcoinBlock(_Message):
     height: int = Field(ge=0)
     hash: str = Hex32
     prev_hash: str = Hex32
-    time: int = Field(description="The block header's timestamp, Unix seconds.")
-    tx_count: int = Field(ge=1)
-    size: int = Field(ge=80, description="Serialized size in bytes, witness included.")
+    time: int | None = Field(description="The block header's timestamp, Unix seconds. Like tx_count and size, null only in a `disconnected` event for a block bitcoind no longer holds (pruned).")
+    tx_count: int | None = Field(ge=1)
+    size: int | None = Field(ge=80, description="Serialized size in bytes, witness included.")
 
 
 class BitcoinTx(_Message):
