@@ -102,6 +102,9 @@ class KafkaBroker:
             raise RuntimeError(f"kafka-storage format failed:\n{run.stdout}\n{run.stderr}")
 
     def start(self) -> None:
+        # "Kafka Server started" is looked for in what this process writes only.
+        if self.log.exists():
+            self.log.rename(self.log.with_suffix(f".{secrets.token_hex(4)}.log"))
         sink = self.log.open("ab")
         self.proc = subprocess.Popen(
             java_command(self.env, "kafka.Kafka", str(self.properties), heap="-Xmx512m"), stdout=sink, stderr=subprocess.STDOUT
@@ -125,8 +128,6 @@ class KafkaBroker:
 
     def restart(self) -> None:
         self.stop()
-        # The broker logs "Kafka Server started" again; look only at what the new process writes.
-        self.log.rename(self.log.with_suffix(f".{secrets.token_hex(4)}.log"))
         self.start()
 
     def client_config(self, client: str = "events") -> dict[str, Any]:
@@ -157,7 +158,7 @@ class KafkaBroker:
         for future in futures.values():
             future.result(60)
 
-    def read_all(self, topic: str, timeout: float = 30, expect: int | None = None) -> list[tuple[bytes | None, dict[str, Any]]]:
+    def read_all(self, topic: str, timeout: float = 30) -> list[tuple[bytes | None, dict[str, Any]]]:
         """Every message in `topic` from the beginning, as (key, decoded JSON value)."""
         from confluent_kafka import Consumer, TopicPartition
 

@@ -122,3 +122,22 @@ def test_reorg_is_published_as_disconnects_before_the_new_branch(broker, monerod
     assert got[6]["timestamp"] is None
     assert bridge.metric('bcm_events_reorgs_total{chain="monero"}') == 1
     bridge.stop()
+
+
+def test_broker_restart_while_blocks_keep_coming_loses_nothing(broker, monerod, tmp_path):
+    prefix = "restart"
+    broker.create_topics([f"{prefix}.monero.blocks"], partitions=1)
+    broker.create_topics([f"{prefix}.monero.txpool"], partitions=1)
+    bridge = make_bridge(broker, monerod, tmp_path / "bridge", prefix)
+    bridge.start()
+    wait_for("the bridge at monerod's tip", lambda: "starting at the tip" in bridge.output(), timeout=60)
+    start = monerod.height()
+    mined = monerod.mine(5)
+    broker.stop()
+    mined += monerod.mine(10)  # published while the broker is away: held and retried
+    broker.start()
+    mined += monerod.mine(5)
+    wait_for("every block after the restart", lambda: [m["hash"] for m in blocks(broker, prefix)] == mined, timeout=180, interval=1)
+    assert [m["height"] for m in blocks(broker, prefix)] == list(range(start + 1, start + 21))
+    assert bridge.proc is not None and bridge.proc.poll() is None
+    assert bridge.stop() == 0
