@@ -56,6 +56,7 @@ python3Packages.buildPythonApplication {
     protobuf
     confluent-kafka
     pyzmq
+    pylxd
   ]);
 
   # The CLI shells out to these; put them on its PATH.
@@ -81,8 +82,9 @@ python3Packages.buildPythonApplication {
       age
       openssh
     ];
-  # Tests that start daemons (LND, btcd, Tor, monerod), need nix-instantiate or read files outside
-  # this source cannot run in the build sandbox; scripts/test runs them. No VM test runs bcm-tools.
+  # Tests that start daemons (LND, btcd, Tor, monerod, LXD), need nix-instantiate or read files
+  # outside this source cannot run in the build sandbox; scripts/test runs them. No VM test runs
+  # bcm-tools.
   disabledTestMarks = [
     "lnd"
     "btcd"
@@ -91,6 +93,7 @@ python3Packages.buildPythonApplication {
     "tor"
     "nix"
     "repo"
+    "lxd"
   ];
 
   passthru = { inherit lndStubs; };

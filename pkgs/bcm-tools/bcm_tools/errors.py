@@ -56,12 +56,16 @@ class LxdError(DaemonError):
     pool without room, a name taken by something bcm-tools did not make, a call it refused.
     One line per problem."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], notes: list[str] | None = None):
         self.problems = problems
+        self._notes = notes or []
         super().__init__("; ".join(problems))
 
     def lines(self) -> list[str]:
         return list(self.problems)
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
 
 
 class ProvisionError(BcmError):

@@ -23,6 +23,7 @@ COMMANDS = {
     "lnd": "bcm_tools.cli.lnd:lnd",
     "trezor": "bcm_tools.cli.trezor:trezor",
     "secrets": "bcm_tools.cli.secrets:secrets",
+    "provision": "bcm_tools.cli.provision:provision",
     "events": "bcm_tools.cli.events:events",
     "exporter": "bcm_tools.cli.exporter:exporter",
     "status": "bcm_tools.cli.status:status",
