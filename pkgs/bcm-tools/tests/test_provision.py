@@ -294,6 +294,30 @@ def test_disks_grow_with_apply_and_never_shrink(lxd, tmp_path, run_cli):
     assert "note: nothing was changed" in refused.stderr
     assert lxd.volume("bulk", f"{name}-bulk")["config"]["size"] == "5GB"
 
+    set_size(spec_file, "bulk", 5)
+    set_size(spec_file, "fast", 3)
+    refused = run_cli("provision", "--spec", str(spec_file), "--apply")
+    assert refused.returncode == 1
+    assert plan_rows(refused.stdout) == {"root disk size": ("4GB", "3GB", "refused")}
+    assert "the root disk would shrink from 4GB to 3GB; shrinking is refused" in one_error(refused)
+    assert lxd.instance(name)["devices"]["root"]["size"] == "4GB"
+
+
+@pytest.mark.lxd
+def test_what_cannot_be_changed_in_place_is_refused(lxd, tmp_path, run_cli):
+    """A container the spec now calls a VM, or whose root disk the spec puts on another pool."""
+    name = host_name()
+    assert run_cli("provision", "--spec", str(small_spec(tmp_path, name))).returncode == 0
+    before = state(lxd, name)
+    vm = run_cli("provision", "--spec", str(small_spec(tmp_path, name, file="vm.toml", type="virtual-machine", image=VM_IMAGE_ALIAS)), "--apply")
+    assert vm.returncode == 1
+    assert plan_rows(vm.stdout)["type"] == ("container", "virtual-machine", "refused")
+    assert one_error(vm) == f"error: {name}: the instance is a container, the spec says virtual-machine; LXD cannot convert it"
+    moved = run_cli("provision", "--spec", str(small_spec(tmp_path, name, file="moved.toml", fast_pool="bulk")), "--apply")
+    assert moved.returncode == 1
+    assert plan_rows(moved.stdout) == {"root disk pool": ("fast", "bulk", "refused")}
+    assert state(lxd, name) == before
+
 
 @pytest.mark.lxd
 def test_a_missing_bulk_volume_is_created_and_attached_without_apply(lxd, tmp_path, run_cli):
