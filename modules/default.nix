@@ -12,5 +12,6 @@
     ./kafka.nix
     ./secrets.nix
     ./monitoring.nix
+    ./connect.nix
   ];
 }

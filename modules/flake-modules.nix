@@ -12,4 +12,5 @@
   kafka = ./kafka.nix;
   secrets = ./secrets.nix;
   monitoring = ./monitoring.nix;
+  connect = ./connect.nix;
 }

@@ -14,4 +14,5 @@
   ./operator.nix
   ./operator-secrets.nix
   ./monitoring.nix
+  ./connect.nix
 ]

@@ -178,6 +178,8 @@ class LndNode:
         self.p2p_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.mnemonic: list[str] | None = None
+        # REST on this loopback port when set (Network(rest=True)); off otherwise.
+        self.rest_port: int | None = None
 
     @property
     def tls_cert(self) -> Path:
@@ -216,7 +218,7 @@ class LndNode:
             f"--btcd.rpccert={self.btcd.cert}",
             f"--rpclisten=127.0.0.1:{self.rpc_port}",
             f"--listen=127.0.0.1:{self.p2p_port}",
-            "--norest",
+            f"--restlisten=127.0.0.1:{self.rest_port}" if self.rest_port else "--norest",
             "--nobootstrap",
             "--tlsdisableautofill",
             "--trickledelay=50",
@@ -317,8 +319,9 @@ class LndNode:
 class Network:
     """btcd plus LND nodes; B mines, so A's wallet only ever changes by its own channels."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, rest: bool = False):
         env = require_daemons()
+        self.rest = rest
         self.root = root
         self.lnd_bin = Path(env["LND_BIN"])
         self.btcd = Btcd(Path(env["BTCD_BIN"]), root / "btcd")
@@ -327,6 +330,8 @@ class Network:
 
     def node(self, name: str) -> LndNode:
         node = LndNode(name, self.lnd_bin, self.root / name, self.btcd, self.stubs)
+        if self.rest:
+            node.rest_port = free_port()
         self.nodes.append(node)
         return node
 

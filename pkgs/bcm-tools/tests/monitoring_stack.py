@@ -233,8 +233,9 @@ def start_monerod(directory: Path) -> tuple[Process, int]:
     return monerod, rpc
 
 
-def start_tor(directory: Path, rendered: Rendered) -> tuple[Process, int, Path]:
-    """Tor offline, with the control settings the module renders (port and cookie path moved)."""
+def start_tor(directory: Path, rendered: Rendered, onions: dict[str, int] | None = None) -> tuple[Process, int, Path]:
+    """Tor offline, with the control settings the module renders (port and cookie path moved),
+    and an onion service for each of `onions` (name -> local port), which Tor creates offline."""
     control = free_port()
     cookie = directory / "tor-control.authcookie"
     settings = [line for line in rendered.file("torrc-settings").splitlines() if line.startswith(("ControlPort", "Cookie"))]
@@ -246,8 +247,11 @@ def start_tor(directory: Path, rendered: Rendered) -> tuple[Process, int, Path]:
         for line in settings
     ]
     torrc = directory / "torrc"
-    torrc.write_text("\n".join([f"DataDirectory {directory / 'tor'}", "SOCKSPort 0", "DisableNetwork 1", "Log notice stdout", *moved]) + "\n")
-    (directory / "tor").mkdir(mode=0o700, exist_ok=True)
+    services = []
+    for name, port in (onions or {}).items():
+        services += [f"HiddenServiceDir {directory / 'tor' / 'onion' / name}", f"HiddenServicePort {port} 127.0.0.1:{port}"]
+    torrc.write_text("\n".join([f"DataDirectory {directory / 'tor'}", "SOCKSPort 0", "DisableNetwork 1", "Log notice stdout", *moved, *services]) + "\n")
+    (directory / "tor" / "onion").mkdir(mode=0o700, parents=True, exist_ok=True)
     tor = Process("tor", [shutil.which("tor") or "/usr/sbin/tor", "-f", str(torrc)], directory)
     tor.wait_port(control)
     wait_for("Tor's control cookie", cookie.is_file)
@@ -293,7 +297,12 @@ class Stack:
 
         self.monerod, self.monerod_rpc = start_monerod(self.root)
         self.processes.append(self.monerod)
-        self.tor, self.tor_control, self.tor_cookie = start_tor(self.root, r)
+        # The onion services `bcm-tools connect` names (modules/connect.nix), on the test's ports.
+        self.manifest = json.loads(r.file("bcm-connect.json"))
+        onions = {"lnd-rest": self.alice.rest_port, "fulcrum": 50002, "monerod-rpc": self.monerod_rpc}
+        self.tor, self.tor_control, self.tor_cookie = start_tor(self.root, r, onions)
+        for name in onions:
+            wait_for(f"the {name} onion address", (self.root / "tor" / "onion" / name / "hostname").is_file)
         self.processes.append(self.tor)
 
         password = "monitoring-password"
@@ -408,3 +417,35 @@ def _recipient(identity: Path) -> str:
     from bcm_tools import age
 
     return age.recipient_of(identity)
+
+
+def onion_of(stack: Stack, name: str) -> str:
+    return (stack.root / "tor" / "onion" / name / "hostname").read_text().strip()
+
+
+def connect_info(stack: Stack, directory: Path) -> Path:
+    """A `bcm-connect-info` printing the rendered manifest with the test's files and ports in
+    place of the node's: the onion address files Tor wrote, alice's certificate and REST port, a
+    wallet macaroon baked with the rendered permissions, a certificate made the way
+    fulcrum-prepare makes Fulcrum's. Returns the directory to put first on PATH."""
+    manifest = json.loads(json.dumps(stack.manifest))
+    rendered = stack.rendered
+    macaroon = directory / "wallet.macaroon"
+    stack.alice.cli("bakemacaroon", f"--save_to={macaroon}", *rendered.macaroon_permissions("wallet"))
+    assert manifest["lnd"]["permissions"] == rendered.macaroon_permissions("wallet")
+    fulcrum_cert = directory / "fulcrum-tls.cert"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(directory / "fulcrum.key"),
+                    "-out", str(fulcrum_cert), "-days", "3650", "-subj", "/CN=bcm-fulcrum"], check=True, capture_output=True)
+    onion = lambda name: str(stack.root / "tor" / "onion" / name / "hostname")  # noqa: E731
+    manifest["lnd"].update(onionFile=onion("lnd-rest"), restPort=stack.alice.rest_port, certFile=str(stack.alice.tls_cert),
+                           macaroonFile=str(macaroon))
+    manifest["electrum"].update(onionFile=onion("fulcrum"), certFile=str(fulcrum_cert))
+    manifest["monero"].update(onionFile=onion("monerod-rpc"))
+    bin_dir = directory / "bin"
+    bin_dir.mkdir()
+    data = directory / "manifest.json"
+    data.write_text(json.dumps(manifest))
+    script = bin_dir / "bcm-connect-info"
+    script.write_text(f"#!/bin/sh\nexec cat {shlex.quote(str(data))}\n")
+    script.chmod(0o755)
+    return bin_dir

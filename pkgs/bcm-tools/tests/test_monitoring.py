@@ -6,20 +6,28 @@ stands in and what the tests change in the rendered files is in tests/monitoring
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import ssl
+import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from lnd_regtest import Network, wait_for
-from monitoring_stack import Stack, http_json
+from monitoring_stack import CLI, Stack, http_json, onion_of
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.lnd, pytest.mark.btcd, pytest.mark.monerod, pytest.mark.tor, pytest.mark.repo]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    network = Network(tmp_path_factory.mktemp("regtest"))
+    network = Network(tmp_path_factory.mktemp("regtest"), rest=True)
     node = None
     try:
         alice, bob = network.start(["alice", "bob"])
@@ -193,3 +201,106 @@ def test_status_errors_are_one_line(run_cli, stack, tmp_path):
     no_prometheus = run_cli("status", "regtest1", "--local", "--prometheus-port", str(free_port()))
     assert no_prometheus.returncode == 3
     assert no_prometheus.stderr.startswith("error: cannot reach Prometheus at http://127.0.0.1:") and "Traceback" not in no_prometheus.stderr
+
+
+# --- bcm-tools connect ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wallet_env(stack, tmp_path_factory):
+    """The environment `connect --local` runs in on the node: `bcm-connect-info` on PATH."""
+    from monitoring_stack import connect_info
+
+    bin_dir = connect_info(stack, tmp_path_factory.mktemp("connect"))
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def connect(env, *args, cwd=None):
+    return subprocess.run([*CLI, "connect", *args, "--host", "regtest1", "--local"], capture_output=True, text=True, env=env, timeout=120, cwd=cwd)
+
+
+def fields(stdout: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in stdout.splitlines() if ": " in line and not line.startswith(" "))
+
+
+def lnd_rest(port: int, cert_pem: str, macaroon: bytes, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """One REST call to LND, trusting only the certificate given, as a wallet would."""
+    context = ssl.create_default_context(cadata=cert_pem)
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", method=method, headers={"Grpc-Metadata-macaroon": macaroon.hex()},
+                                     data=None if body is None else json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=60) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_zeus_uri_authenticates_against_lnd_and_can_do_no_more_than_its_permissions(stack, wallet_env):
+    run = connect(wallet_env, "zeus")
+    assert run.returncode == 0, run.stderr
+    assert "is a credential" in run.stderr
+    uri = urllib.parse.urlsplit(fields(run.stdout)["uri"])
+    assert uri.scheme == "lndconnect" and uri.hostname == onion_of(stack, "lnd-rest") and uri.port == stack.alice.rest_port
+    query = urllib.parse.parse_qs(uri.query)
+    unpad = lambda text: base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))  # noqa: E731
+    cert_pem = ssl.DER_cert_to_PEM_cert(unpad(query["cert"][0]))
+    macaroon = unpad(query["macaroon"][0])
+    assert "█" in run.stdout or "▀" in run.stdout, "no QR code printed"
+
+    # The macaroon carries exactly the permissions the module renders (LND's own reading of it).
+    path = stack.root / "decoded.macaroon"
+    path.write_bytes(macaroon)
+    printed = stack.alice.cli("printmacaroon", "--macaroon_file", str(path))
+    assert sorted(printed["permissions"]) == sorted(stack.rendered.macaroon_permissions("wallet"))
+
+    # The onion address cannot be reached here (Tor is offline): the test calls the same REST
+    # port on 127.0.0.1, trusting only the certificate from the URI.
+    port = stack.alice.rest_port
+    status, info = lnd_rest(port, cert_pem, macaroon, "GET", "/v1/getinfo")
+    assert status == 200 and info["identity_pubkey"] == stack.alice.pubkey()
+    status, invoice = lnd_rest(port, cert_pem, macaroon, "POST", "/v1/invoices", {"value": "1000", "memo": "zeus"})
+    assert status == 200 and invoice["payment_request"].startswith("lnbcrt")
+    status, channels = lnd_rest(port, cert_pem, macaroon, "GET", "/v1/channels")
+    assert status == 200 and [c["channel_point"] for c in channels["channels"]] == [stack.channel]
+
+    admin = stack.alice.admin_macaroon.read_bytes()
+    refused = {
+        "sign with the node's key": ("POST", "/v1/signmessage", {"msg": base64.b64encode(b"hello").decode()}),
+        "mint a macaroon": ("POST", "/v1/macaroon", {"permissions": [{"entity": "info", "action": "read"}]}),
+        "change LND's log level": ("POST", "/v1/debuglevel", {"show": True}),
+    }
+    for what, (method, call, body) in refused.items():
+        status, reply = lnd_rest(port, cert_pem, macaroon, method, call, body)
+        assert status != 200 and "permission denied" in json.dumps(reply), (what, status, reply)
+        # The call itself is fine: the admin macaroon may make it.
+        assert lnd_rest(port, cert_pem, admin, method, call, body)[0] == 200, what
+
+
+def test_zeus_uri_goes_to_a_new_0600_file_with_out(stack, wallet_env, tmp_path):
+    out = tmp_path / "zeus.uri"
+    run = connect(wallet_env, "zeus", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "lndconnect://" not in run.stdout and out.stat().st_mode & 0o777 == 0o600
+    assert out.read_text().startswith(f"lndconnect://{onion_of(stack, 'lnd-rest')}:")
+    again = connect(wallet_env, "zeus", "--out", str(out))
+    assert again.returncode == 2 and again.stderr.strip().endswith("exists; choose another --out or remove it first")
+    assert connect(wallet_env, "feather", "--out", str(tmp_path / "x")).returncode == 2
+
+
+@pytest.mark.parametrize("wallet", ["sparrow", "electrum"])
+def test_electrum_wallets_get_fulcrums_onion_ssl_port_and_fingerprint(stack, wallet_env, wallet):
+    run = connect(wallet_env, wallet, "--no-qr")
+    assert run.returncode == 0, run.stderr
+    got = fields(run.stdout)
+    assert got["server"] == f"{onion_of(stack, 'fulcrum')}:{stack.manifest['electrum']['sslPort']}" and got["ssl"] == "yes"
+    manifest = Path(wallet_env["PATH"].split(":")[0]).parent / "manifest.json"
+    cert = json.loads(manifest.read_text())["electrum"]["certFile"]
+    openssl = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", cert], capture_output=True, text=True, check=True)
+    assert got["certificate sha256"] == openssl.stdout.strip().split("=", 1)[1]
+    assert "▀" not in run.stdout
+
+
+def test_feather_gets_monerods_restricted_rpc_onion(stack, wallet_env):
+    run = connect(wallet_env, "feather")
+    assert run.returncode == 0, run.stderr
+    assert fields(run.stdout)["node"] == f"{onion_of(stack, 'monerod-rpc')}:{stack.manifest['monero']['port']}"

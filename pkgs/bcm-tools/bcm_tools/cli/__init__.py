@@ -27,6 +27,7 @@ COMMANDS = {
     "events": "bcm_tools.cli.events:events",
     "exporter": "bcm_tools.cli.exporter:exporter",
     "status": "bcm_tools.cli.status:status",
+    "connect": "bcm_tools.cli.connect:connect",
 }
 
 

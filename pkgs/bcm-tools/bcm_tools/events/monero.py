@@ -106,15 +106,27 @@ class MoneroSource:
             socket.setsockopt(zmq.SUBSCRIBE, topic)
         socket.connect(self.zmq_url)
         try:
-            follower.start("monero.blocks")
-            last_sync = time.monotonic()
-            while not context.stop.is_set():
-                if not socket.poll(500):
-                    if time.monotonic() - last_sync > QUIET_SYNC_SECONDS:
-                        follower.sync()
-                        last_sync = time.monotonic()
-                    continue
-                frames = socket.recv_multipart()
+            self._follow(context, follower, view, socket)
+        finally:
+            socket.close(0)
+
+    def _follow(self, context: Context, follower: ChainFollower, view: MoneroChain, socket: Any) -> None:
+        import zmq
+
+        follower.start("monero.blocks")
+        last_sync = time.monotonic()
+        while not context.stop.is_set():
+            if not socket.poll(500):
+                if time.monotonic() - last_sync > QUIET_SYNC_SECONDS:
+                    follower.sync()
+                    last_sync = time.monotonic()
+                continue
+            # Everything already queued, without polling again for each message.
+            for _ in range(10_000):
+                try:
+                    frames = socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
                 frame = frames[0] if len(frames) == 1 else b"".join(frames)
                 try:
                     topic, body = parse_frame(frame)
@@ -128,8 +140,6 @@ class MoneroSource:
                         raise Malformed(f"unexpected topic {topic[:40]!r}")
                 except Malformed as err:
                     context.malformed(self.name, "ZMQ frame", frame, str(err))
-        finally:
-            socket.close(0)
 
     def _on_chain(self, follower: ChainFollower, view: MoneroChain, body: Any) -> bool:
         """Publishes the notified blocks if they extend the published tip (their headers over
