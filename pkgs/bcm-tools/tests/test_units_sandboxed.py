@@ -112,7 +112,10 @@ def test_tor_accepts_the_rendered_torrc_and_publishes_onion_addresses_offline(ex
 
     host.start("tor", timeout=120)
     addresses = sorted(path.name for path in host.path("/var/lib/bcm-onion").iterdir())
-    assert addresses == ["bitcoind", "fulcrum", "lnd", "monerod", "monerod-rpc"]
+    # Every onion service the rendered torrc declares (bcm.connect adds LND's REST port).
+    torrc = next(text for path, text in export["files"].items() if path.endswith("-torrc"))
+    declared = sorted(line.split()[1].rsplit("/", 1)[1] for line in torrc.splitlines() if line.startswith("HiddenServiceDir "))
+    assert addresses == declared == ["bitcoind", "fulcrum", "lnd", "lnd-rest", "monerod", "monerod-rpc"]
     for name in addresses:
         published = host.path(f"/var/lib/bcm-onion/{name}")
         assert published.read_text().strip().endswith(".onion")
