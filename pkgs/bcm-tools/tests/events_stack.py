@@ -81,7 +81,10 @@ class Monerod:
 
 
 class Bridge:
-    """`bcm-tools events bridge` as its own process."""
+    """`bcm-tools events bridge` as its own process. Every one started is stopped by
+    `stop_all`, which the tests' autouse fixture calls, also after a failed assertion."""
+
+    started: list[Bridge] = []
 
     def __init__(self, directory: Path, args: list[str], env: dict[str, str] | None = None):
         self.directory = directory
@@ -95,6 +98,7 @@ class Bridge:
         self.directory.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-c", "from bcm_tools.cli import main; main()", "events", "bridge", *self.args, f"--metrics=127.0.0.1:{self.metrics_port}"]
         self.proc = subprocess.Popen(argv, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
+        Bridge.started.append(self)
         wait_for("the bridge's metrics", lambda: self.metrics() is not None, timeout=60)
 
     def output(self) -> str:
@@ -126,3 +130,9 @@ class Bridge:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+
+
+def stop_all_bridges() -> None:
+    for bridge in Bridge.started:
+        bridge.stop()
+    Bridge.started.clear()

@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from events_stack import Bridge, Monerod
+from events_stack import Bridge, Monerod, stop_all_bridges
 from fake_bitcoind import FakeBitcoind
 from kafka_broker import KafkaBroker
 from lnd_regtest import BURN_ADDRESS, Btcd, require_daemons, wait_for
@@ -25,6 +25,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.btcd, pytest.mark.repo]
 # Segwit activates on btcd's regtest after three 144-block signalling periods: blocks after it
 # carry witness data (the coinbase's witness reserved value).
 SEGWIT_HEIGHT = 432
+
+
+@pytest.fixture(autouse=True)
+def _stop_bridges():
+    yield
+    stop_all_bridges()
 
 
 @pytest.fixture(scope="module")

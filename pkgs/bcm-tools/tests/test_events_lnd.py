@@ -7,7 +7,7 @@ her own: lnd.channels, lnd.transactions, lnd.payments and lnd.invoices each get 
 from __future__ import annotations
 
 import pytest
-from events_stack import Bridge
+from events_stack import Bridge, stop_all_bridges
 from kafka_broker import KafkaBroker
 from lnd_regtest import Network, wait_for
 
@@ -16,6 +16,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.lnd, pytest.mark.btcd, pytest.mark.
 PREFIX = "lnd-test"
 TOPICS = ["lnd.channels", "lnd.invoices", "lnd.payments", "lnd.transactions"]
 READ_ONLY = ["info:read", "invoices:read", "offchain:read", "onchain:read"]
+
+
+@pytest.fixture(autouse=True)
+def _stop_bridges():
+    yield
+    stop_all_bridges()
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
-from events_stack import Bridge, Monerod
+from events_stack import Bridge, Monerod, stop_all_bridges
 from kafka_broker import KafkaBroker
 from lnd_regtest import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.monerod, pytest.mark.repo]
 
 PREFIX = "regtest1"
+
+
+@pytest.fixture(autouse=True)
+def _stop_bridges():
+    yield
+    stop_all_bridges()
 
 
 @pytest.fixture(scope="module")
