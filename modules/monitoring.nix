@@ -329,6 +329,138 @@ let
     ];
   };
 
+  # --- the dashboard -------------------------------------------------------------------------
+
+  hostName = config.networking.hostName;
+  datasourceUid = "bcm-prometheus";
+  # One panel: a title, its PromQL queries (each shown with a legend) and a unit.
+  panel =
+    id: title: unit: queries:
+    {
+      inherit id title;
+      type = "timeseries";
+      datasource = {
+        type = "prometheus";
+        uid = datasourceUid;
+      };
+      gridPos = {
+        h = 8;
+        w = 12;
+        x = lib.mod (id - 1) 2 * 12;
+        y = (id - 1) / 2 * 8;
+      };
+      fieldConfig.defaults.unit = unit;
+      targets = lib.imap0 (i: q: {
+        refId = lib.elemAt [ "A" "B" "C" "D" "E" ] i;
+        inherit (q) expr;
+        legendFormat = q.legend;
+        datasource = {
+          type = "prometheus";
+          uid = datasourceUid;
+        };
+      }) queries;
+    };
+  q = expr: legend: { inherit expr legend; };
+  panelSpecs =
+    lib.optional bitcoind.enable [
+      "bitcoind: blocks and headers"
+      "none"
+      [
+        (q "bcm_bitcoind_blocks" "blocks")
+        (q "bcm_bitcoind_headers" "headers")
+      ]
+    ]
+    ++ lib.optional bitcoind.enable [
+      "bitcoind: peers and mempool"
+      "none"
+      [
+        (q "bcm_bitcoind_peers" "peers {{direction}}")
+        (q "bcm_bitcoind_mempool_transactions" "mempool transactions")
+      ]
+    ]
+    ++ lib.optional monerod.enable [
+      "monerod: height and peers"
+      "none"
+      [
+        (q "bcm_monerod_height" "height")
+        (q "bcm_monerod_peers" "peers {{direction}}")
+      ]
+    ]
+    ++ lib.optional lnd.enable [
+      "LND: balances (sat)"
+      "none"
+      [
+        (q "sum(bcm_lnd_channel_local_balance_sat)" "channels, local")
+        (q "sum(bcm_lnd_channel_remote_balance_sat)" "channels, remote")
+        (q "bcm_lnd_wallet_balance_sat" "wallet {{state}}")
+      ]
+    ]
+    ++ lib.optional lnd.enable [
+      "LND: channels and sync"
+      "none"
+      [
+        (q "bcm_lnd_channels" "channels {{state}}")
+        (q "bcm_lnd_synced_to_chain" "synced to chain")
+        (q "bcm_lnd_peers" "peers")
+      ]
+    ]
+    ++ lib.optional backups.enable [
+      "Channel backups: age of the newest verified copy"
+      "s"
+      [ (q "time() - bcm_lnd_backup_last_success_timestamp_seconds" "{{target}}") ]
+    ]
+    ++ [
+      [
+        "Storage tiers against the capacity plan"
+        "bytes"
+        (
+          [
+            (q "bcm_tier_size_bytes - bcm_tier_avail_bytes" "{{tier}} used")
+            (q "bcm_tier_size_bytes" "{{tier}} size")
+          ]
+          ++ lib.optional (lib.any (t: cfg.capacityPlanGB.${t.name} != null) tiers) (q "bcm_tier_planned_bytes" "{{tier}} plan")
+        )
+      ]
+      [
+        "Memory available"
+        "percentunit"
+        [ (q "node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes" "available") ]
+      ]
+    ]
+    ++ lib.optional tor.enable [
+      "Tor bootstrap"
+      "percent"
+      [ (q "bcm_tor_bootstrap_percent" "bootstrapped") ]
+    ]
+    ++ lib.optional kafka.enable [
+      "Kafka partitions"
+      "none"
+      [
+        (q "kafka_server_replicamanager_underreplicatedpartitions" "under-replicated")
+        (q "kafka_controller_kafkacontroller_offlinepartitionscount" "offline")
+      ]
+    ];
+  dashboard = {
+    uid = "bcm-${hostName}";
+    title = "bcm ${hostName}";
+    tags = [ "bcm" ];
+    timezone = "utc";
+    schemaVersion = 39;
+    refresh = "1m";
+    time = {
+      from = "now-24h";
+      to = "now";
+    };
+    panels = lib.imap1 (id: spec: panel id (lib.elemAt spec 0) (lib.elemAt spec 1) (lib.elemAt spec 2)) panelSpecs;
+  };
+  dashboardFile = pkgs.writeText "bcm-dashboard-${hostName}.json" (builtins.toJSON dashboard);
+  dashboardsDir = pkgs.linkFarm "bcm-dashboards" [
+    {
+      name = "bcm-${hostName}.json";
+      path = dashboardFile;
+    }
+  ];
+
   # --- Kafka's JMX agent ---------------------------------------------------------------------
 
   jmxAgent = pkgs.prometheus-jmx-javaagent;
@@ -632,6 +764,23 @@ in
       }
     );
 
+    grafana = {
+      enable = lib.mkEnableOption "nixpkgs' Grafana on loopback with the bcm dashboard of this host provisioned (reach it through an SSH tunnel or an onion service)";
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = 3000;
+        description = "Grafana's port on loopback.";
+      };
+    };
+
+    dashboard = lib.mkOption {
+      type = lib.types.attrsOf lib.types.anything;
+      readOnly = true;
+      default = dashboard;
+      defaultText = lib.literalMD "the dashboard of this host";
+      description = "The Grafana dashboard of this host (sync, peers, mempool, channels and balances, backups, tiers against the plan, memory, Tor, Kafka), as Grafana's JSON model.";
+    };
+
     extraRules = lib.mkOption {
       type = lib.types.listOf (lib.types.attrsOf lib.types.anything);
       default = [ ];
@@ -814,6 +963,63 @@ in
     systemd.services.alertmanager = lib.mkIf cfg.alertmanager.enable {
       # Receivers are elsewhere (a webhook, an SMTP server), reached directly, not through Tor.
       serviceConfig = forced (hardening.strict // hardening.anyAddress);
+    };
+
+    bcm.lib.generatedSecrets = lib.mkIf cfg.grafana.enable {
+      grafana-admin-password = {
+        owner = "grafana";
+        script = "openssl rand -hex 24 | tr -d '\\n'";
+      };
+      grafana-secret-key = {
+        owner = "grafana";
+        script = "openssl rand -hex 32 | tr -d '\\n'";
+      };
+    };
+
+    services.grafana = lib.mkIf cfg.grafana.enable {
+      enable = true;
+      settings = {
+        server = {
+          http_addr = loopback;
+          http_port = cfg.grafana.port;
+        };
+        # Grafana's file provider: the values are read from the host, never put in the store.
+        security = {
+          admin_password = "$__file{${secretsDir}/grafana-admin-password}";
+          secret_key = "$__file{${secretsDir}/grafana-secret-key}";
+        };
+        analytics.reporting_enabled = false;
+      };
+      provision = {
+        enable = true;
+        datasources.settings = {
+          apiVersion = 1;
+          datasources = [
+            {
+              name = "Prometheus";
+              type = "prometheus";
+              uid = datasourceUid;
+              url = "http://${endpoint cfg.port}";
+              isDefault = true;
+            }
+          ];
+        };
+        dashboards.settings = {
+          apiVersion = 1;
+          providers = [
+            {
+              name = "bcm";
+              options.path = dashboardsDir;
+            }
+          ];
+        };
+      };
+    };
+
+    systemd.services.grafana = lib.mkIf cfg.grafana.enable {
+      after = [ "bcm-secrets.service" ];
+      requires = [ "bcm-secrets.service" ];
+      serviceConfig = forced (hardening.strict // hardening.loopbackOnly);
     };
 
     systemd.services.kafka.environment.KAFKA_OPTS = lib.mkIf kafka.enable "-javaagent:${jmxAgent}/lib/jmx_prometheus_javaagent-${jmxAgent.version}.jar=${endpoint cfg.kafkaJmxPort}:${jmxConfig}";

@@ -337,6 +337,14 @@ in
   prometheus-alertmanager = mkPackage "alertmanager" { };
   prometheus-jmx-javaagent = mkPackage "jmx-prometheus-javaagent" { };
   envsubst = mkPackage "envsubst" { };
+  grafana = mkPackage "grafana" { };
+
+  # trivial-builders/default.nix linkFarm: a directory of symlinks named by `entries`.
+  # Simplified: builtins.toFile cannot make a directory, so this writes one "name -> path" line
+  # per entry; the harness follows the paths in it like any reference.
+  linkFarm =
+    name: entries:
+    writeText name (lib.concatMapStrings (e: "${e.name} -> ${toString e.path}\n") entries);
   # What `callPackage ../pkgs/bcm-tools` below gives; listed so the export names it among the
   # stub packages and the sandbox tests put this repository's bcm-tools at its path.
   bcm-tools = mkPackage "bcm-tools" { };

@@ -595,6 +595,27 @@ let
   collectorIsEnabled = c: lib.elem c nodeCfg.enabledCollectors;
   collectorIsDisabled = c: lib.elem c nodeCfg.disabledCollectors;
 
+  # nixos/modules/services/monitoring/grafana.nix (the settings-era revision 17640616 of the
+  # file index): the INI settings with nixpkgs' formats.ini writer, and the provisioning files.
+  # nixpkgs links the provisioning files into one directory (runCommand and lndir) and points
+  # settings.paths.provisioning at it; simplified: the directory is a linkFarm of the two files
+  # bcm provisions, and the INI is written with formats.ini's defaults.
+  grafanaCfg = config.services.grafana;
+  provisionFile = name: settings: (pkgs.formats.yaml { }).generate "${name}.yaml" settings;
+  grafanaProvisioning = pkgs.linkFarm "grafana-provisioning" [
+    {
+      name = "datasources/datasource.yaml";
+      path = provisionFile "datasource" grafanaCfg.provision.datasources.settings;
+    }
+    {
+      name = "dashboards/dashboard.yaml";
+      path = provisionFile "dashboard" grafanaCfg.provision.dashboards.settings;
+    }
+  ];
+  grafanaIni = (pkgs.formats.ini { }).generate "config.ini" (
+    lib.recursiveUpdate grafanaCfg.settings (lib.optionalAttrs grafanaCfg.provision.enable { paths.provisioning = "${grafanaProvisioning}"; })
+  );
+
   # nixos/modules/services/monitoring/prometheus/alertmanager.nix (stored revision 01f31c2e):
   # the configuration as JSON, filled in by envsubst from environmentFile before the start.
   # Simplified: nixpkgs checks the file with amtool at build time (the tests do it here).
@@ -815,6 +836,54 @@ in
       };
     };
 
+    # grafana.nix: the options bcm sets. `settings` is free-form INI by section, with the keys
+    # bcm sets typed as nixpkgs types them.
+    services.grafana = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      package = mkOption {
+        type = types.package;
+        default = pkgs.grafana;
+      };
+      dataDir = mkOption {
+        type = types.str;
+        default = "/var/lib/grafana";
+      };
+      settings = mkOption {
+        default = { };
+        type = types.submodule {
+          freeformType = types.attrsOf (types.attrsOf types.anything);
+          options.server.http_addr = mkOption {
+            type = types.str;
+            default = "127.0.0.1";
+          };
+          options.server.http_port = mkOption {
+            type = types.port;
+            default = 3000;
+          };
+          options.security.admin_password = mkOption {
+            type = types.str;
+            default = "admin";
+          };
+          options.security.secret_key = mkOption {
+            type = types.str;
+          };
+          options.analytics.reporting_enabled = mkOption {
+            type = types.bool;
+            default = true;
+          };
+        };
+      };
+      provision.enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      provision.datasources.settings = nullOpt types.attrs;
+      provision.dashboards.settings = nullOpt types.attrs;
+    };
+
     # nixos/modules/system/boot/loader/systemd-boot/systemd-boot.nix.
     boot.loader.systemd-boot.enable = mkOption {
       type = types.bool;
@@ -894,6 +963,7 @@ in
       root = 0;
       tor = 35;
       prometheus = 255;
+      grafana = 196;
       nobody = 65534;
     };
     ids.gids = {
@@ -901,6 +971,7 @@ in
       wheel = 1;
       tor = 35;
       prometheus = 255;
+      grafana = 196;
       users = 100;
       nogroup = 65534;
     };
@@ -1080,6 +1151,32 @@ in
         description = "Prometheus node exporter service user";
         isSystemUser = true;
       };
+    })
+
+    # grafana.nix `config`: the unit (simplified: only what the harness reads; nixpkgs adds its
+    # own hardening, which bcm.monitoring replaces), its user and group (ids.nix).
+    (lib.mkIf grafanaCfg.enable {
+      systemd.services.grafana = {
+        wantedBy = [ "multi-user.target" ];
+        after = [ "networking.target" ];
+        serviceConfig = {
+          ExecStart = "${grafanaCfg.package}/bin/grafana server -homepath ${grafanaCfg.dataDir} -config ${grafanaIni}";
+          WorkingDirectory = grafanaCfg.dataDir;
+          User = "grafana";
+          Restart = "on-failure";
+          RuntimeDirectory = "grafana";
+          RuntimeDirectoryMode = "0755";
+          StateDirectory = "grafana";
+          StateDirectoryMode = "0700";
+        };
+      };
+      users.users.grafana = {
+        uid = config.ids.uids.grafana;
+        description = "Grafana user";
+        home = grafanaCfg.dataDir;
+        group = "grafana";
+      };
+      users.groups.grafana.gid = config.ids.gids.grafana;
     })
 
     # alertmanager.nix `config`.

@@ -132,6 +132,23 @@ lib.optionals cfg.enable (
       lib.hasInfix "=127.0.0.1:${toString cfg.kafkaJmxPort}:" (units.kafka.environment.KAFKA_OPTS or "")
     ) "KAFKA_OPTS has no loopback javaagent"
   )
+  ++ lib.optionals cfg.grafana.enable [
+    (check "monitoring: Grafana on 127.0.0.1:${toString cfg.grafana.port}, its secrets read from files outside the store" (
+      h.contains "config.ini" "http_addr=127.0.0.1"
+      && h.contains "config.ini" "http_port=${toString cfg.grafana.port}"
+      && h.contains "config.ini" "admin_password=$__file{${config.bcm.lib.generatedSecretsDir}/grafana-admin-password}"
+      && h.contains "config.ini" "secret_key=$__file{${config.bcm.lib.generatedSecretsDir}/grafana-secret-key}"
+    ) "Grafana listens elsewhere or its password or key is not read from a host file")
+    (check "monitoring: the dashboard of ${config.networking.hostName} is provisioned, on the provisioned Prometheus" (
+      let
+        datasources = (builtins.fromJSON (h.file "datasource.yaml").text).datasources;
+        board = builtins.fromJSON (h.file "bcm-dashboard-${config.networking.hostName}.json").text;
+      in
+      h.contains "bcm-dashboards" "bcm-${config.networking.hostName}.json -> "
+      && lib.all (p: lib.all (t: t.datasource.uid == (lib.head datasources).uid) p.targets) board.panels
+      && (lib.head datasources).url == "http://127.0.0.1:${toString cfg.port}"
+    ) "dashboard not provisioned or on another datasource")
+  ]
   ++ lib.optionals cfg.alertmanager.enable [
     (check "monitoring: Alertmanager on loopback, every receiver routed, Prometheus sends to it" (
       am.listenAddress == "127.0.0.1"
