@@ -867,8 +867,11 @@ in
             type = types.str;
             default = "admin";
           };
+          # Simplified: whether nixpkgs gives Grafana's published default key or demands one
+          # differs between releases; the skeleton demands nothing and bcm always sets it.
           options.security.secret_key = mkOption {
-            type = types.str;
+            type = types.nullOr types.str;
+            default = null;
           };
           options.analytics.reporting_enabled = mkOption {
             type = types.bool;
