@@ -966,8 +966,11 @@ in
     };
 
     bcm.lib.generatedSecrets = lib.mkIf cfg.grafana.enable {
+      # The operator logs in with it (through the SSH tunnel), so the operator group reads it.
       grafana-admin-password = {
         owner = "grafana";
+        group = config.bcm.lib.operatorGroup;
+        mode = "0640";
         script = "openssl rand -hex 24 | tr -d '\\n'";
       };
       grafana-secret-key = {
