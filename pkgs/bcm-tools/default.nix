@@ -91,6 +91,7 @@ python3Packages.buildPythonApplication {
     "monerod"
     "kafka"
     "tor"
+    "prometheus"
     "nix"
     "repo"
     "lxd"

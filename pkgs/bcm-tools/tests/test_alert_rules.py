@@ -352,3 +352,20 @@ def test_a_wrong_expectation_fails(rules_dir):
     run = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True, cwd=rules_dir)
     assert run.returncode != 0
     assert "BcmServiceDown" in run.stdout + run.stderr
+
+
+def test_amtool_accepts_the_rendered_alertmanager_config(tmp_path):
+    """Alertmanager's configuration as the unit's envsubst step leaves it (the variables filled
+    with stand-in values, as the operator's secret would), checked by the real amtool."""
+    if shutil.which("amtool") is None:
+        raise RuntimeError("amtool is not installed (scripts/test.d/12-monitoring installs Debian's prometheus-alertmanager)")
+    text = exported_file("-alertmanager.yml")
+    variables = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", text))
+    assert variables == {"NTFY_TOKEN", "SMTP_PASSWORD"}
+    for name in variables:
+        text = text.replace("${" + name + "}", f"stand-in-{name.lower()}")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(text)
+    run = subprocess.run(["amtool", "check-config", str(config)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 receivers" in run.stdout

@@ -298,12 +298,14 @@ def test_electrum_wallets_get_fulcrums_onion_ssl_port_and_fingerprint(stack, wal
     openssl = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", cert], capture_output=True, text=True, check=True)
     assert got["certificate sha256"] == openssl.stdout.strip().split("=", 1)[1]
     assert "▀" not in run.stdout
+    print(run.stdout)  # the README shows it
 
 
 def test_feather_gets_monerods_restricted_rpc_onion(stack, wallet_env):
     run = connect(wallet_env, "feather")
     assert run.returncode == 0, run.stderr
     assert fields(run.stdout)["node"] == f"{onion_of(stack, 'monerod-rpc')}:{stack.manifest['monero']['port']}"
+    print(run.stdout)  # the README shows it
 
 
 # --- the dashboard ---------------------------------------------------------------------------------
