@@ -122,6 +122,24 @@ def test_tor_accepts_the_rendered_torrc_and_publishes_onion_addresses_offline(ex
         assert published.stat().st_gid == host.gid("bcm-operator") and (published.stat().st_mode & 0o777) == 0o640
 
 
+@pytest.mark.tor
+def test_tor_control_port_serves_the_exporter_with_its_group_readable_cookie(make_host):
+    """The monitoring host's torrc (control port, cookie in the unit's RuntimeDirectory) under
+    Tor's sandbox: the cookie is tor-group readable, and the exporter's client reads the
+    bootstrap state with it (short of 100 %, offline)."""
+    from bcm_tools.tor import TorControl
+
+    require_sandbox()
+    host = make_host(copy.deepcopy(load_export("monitoring")))
+    offline_tor(host)
+    host.start("tor", timeout=120)
+    cookie = host.path("/run/tor/control.authcookie")
+    assert cookie.stat().st_gid == host.gid("tor") and cookie.stat().st_mode & 0o777 == 0o640
+    assert host.path("/run/tor").stat().st_mode & 0o777 == 0o750
+    boot = TorControl("127.0.0.1:9051", cookie).bootstrap()
+    assert boot.progress < 100 and boot.circuit_established is False
+
+
 # -- monerod -------------------------------------------------------------------------------
 
 
