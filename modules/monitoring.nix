@@ -117,8 +117,9 @@ let
 
   num = value: lib.strings.floatToString value;
   percent = share: "${toString (builtins.floor (share * 100 + 0.5))} %";
-  # A regular expression matching exactly these names, without backslashes: PromQL strings
-  # would read `\.` as an (invalid) escape of their own, and so would systemd's command lines.
+  # A regular expression matching exactly these names. Special characters go in brackets
+  # rather than behind a backslash: PromQL strings read `\.` as an (invalid) escape of their
+  # own, and so would systemd's command lines. Only `^ [ ] \` still need one.
   literal = lib.replaceStrings
     [ "." "+" "*" "?" "(" ")" "|" "{" "}" "$" "^" "[" "]" "\\" ]
     [ "[.]" "[+]" "[*]" "[?]" "[(]" "[)]" "[|]" "[{]" "[}]" "[$]" "[\\\\^]" "[\\\\[]" "[\\\\]]" "[\\\\\\\\]" ];
