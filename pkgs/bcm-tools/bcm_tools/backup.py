@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -233,7 +233,8 @@ class _Session:
         self.ssh_args, self.host, self.directory, self.label, self.options = ssh_args, host, directory, label, options
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log: str | None = None  # ssh's own messages, in a private temporary file
+        # ssh's own messages, in a file with no name: nothing is left behind, even after SIGKILL.
+        self.log: IO[bytes] | None = None
         self.buffer = bytearray()
 
     def request(self, line: str, data: bytes = b"") -> tuple[int, bytes, bytes]:
@@ -260,9 +261,11 @@ class _Session:
 
     def _said(self) -> str:
         """ssh's last message: what went wrong, as ssh puts it."""
+        if self.log is None:
+            return ""
         try:
-            with open(self.log or os.devnull, "rb") as log:
-                text = log.read().decode(errors="replace")
+            self.log.seek(0)
+            text = self.log.read().decode(errors="replace")
         except OSError:
             return ""
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("@")]
@@ -274,18 +277,17 @@ class _Session:
 
     def _connect(self) -> None:
         self._stop()
-        if self.log is None:
-            fd, self.log = tempfile.mkstemp(prefix="bcm-ssh-", suffix=".log")
-            os.close(fd)
+        if self.log is not None:
+            self.log.close()
+        self.log = tempfile.TemporaryFile(prefix="bcm-ssh-")
         word = os.urandom(8).hex()
         script = "sh -c " + shlex.quote(_REMOTE_SESSION) + " sh " + shlex.quote(self.directory) + " " + word
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                ["ssh", *self.ssh_args, "--", self.host, script],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log,
-            )
+        self.proc = subprocess.Popen(
+            ["ssh", *self.ssh_args, "--", self.host, script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
         assert self.proc.stdin is not None
         os.set_blocking(self.proc.stdin.fileno(), False)
         self.buffer.clear()
@@ -357,7 +359,7 @@ class _Session:
         with self.lock:
             self._stop()
             if self.log is not None:
-                _remove_quietly(Path(self.log))
+                self.log.close()
                 self.log = None
 
 
