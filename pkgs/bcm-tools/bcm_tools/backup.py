@@ -105,7 +105,10 @@ class LocalTarget(Target):
         final = self.directory / name
         temporary = self.directory / f".{name}.tmp"
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            # Whatever is at the temporary name (a leftover, or a symlink someone planted) goes,
+            # and the file is made anew: never opened through a link, never one that was there.
+            _remove_quietly(temporary)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(data)
                 while view:
@@ -176,11 +179,15 @@ class SshOptions(BaseModel):
 # sees end of file and exits 0, and a truncated file must never replace a good one. The
 # temporary file is this shell's own ($$): a copy cut off by a lost connection may still be
 # running when its retry starts, and must not rename the retry's half-written file into place.
+# dd creates it with O_CREAT|O_EXCL|O_NOFOLLOW, after removing whatever had its name: a symlink
+# planted there is never written through.
 _REMOTE_STORE = r"""
 d=$1 f=$2 sum=$3 keep=$4
 [ -d "$d" ] || { echo "directory $d is missing" >&2; exit 4; }
+umask 077
 t="$d/.$f.$$.tmp"
-cat > "$t" || { rm -f "$t"; exit 5; }
+rm -f -- "$t"
+dd of="$t" conv=excl oflag=nofollow bs=65536 status=none || { rm -f "$t"; exit 5; }
 got=$(sha256sum < "$t") && [ "${got%% *}" = "$sum" ] || { rm -f "$t"; echo "upload arrived incomplete" >&2; exit 6; }
 sync "$t" && mv -f "$t" "$d/$f" && sync "$d" || { echo "could not make $f durable" >&2; exit 7; }
 cd "$d" && ls -1 | grep -E '^channel-backup-[0-9]{8}T[0-9]{6}\.[0-9]{6}Z\.age$' | sort | head -n -"$keep" | xargs -r rm -f --

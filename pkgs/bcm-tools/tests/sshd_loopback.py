@@ -159,3 +159,19 @@ def backup_connections(parent: int) -> list[int]:
         ):
             pids.append(int(entry))
     return pids
+
+
+def backup_session_shells(directory: Path) -> list[int]:
+    """PIDs of the remote shells running the backup session for `directory` (on this machine,
+    since the server is on loopback): the `sh` whose arguments are the session and the directory."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] == b"sh" and len(argv) > 3 and b"# bcm-tools backup session" in argv[2] and argv[4:5] == [str(directory).encode()]:
+            pids.append(int(entry))
+    return pids
