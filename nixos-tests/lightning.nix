@@ -75,6 +75,7 @@ in
         bitcoindPort = node.bcm.bitcoind.port;
         lndPort = node.bcm.lnd.port;
         tiers = common.tiers node;
+        services = common.serviceInfo node;
       }) nodes;
     in
     ''
@@ -94,6 +95,7 @@ in
     def lncli(machine, args):
         return json.loads(cli(machine, f"lncli {args}"))
 
+    require_service_checks({name: node["services"] for name, node in cfg.items()})
     start_all()
     for m in [alice, bob]:
         m.wait_for_unit("multi-user.target")
@@ -102,14 +104,19 @@ in
         for m in [alice, bob]:
             assert_tiers_mounted(m, cfg[m.name]["tiers"])
 
+    with subtest("bitcoind peers over the test network, and the chain leaves its genesis block"):
+        for m in [alice, bob]:
+            m.wait_for_unit("bitcoind.service")
+        cli(alice, f"bitcoin-cli addnode {cfg['bob']['host']}:{cfg['bob']['bitcoindPort']} add")
+        cli_until(alice, "bitcoin-cli getconnectioncount", ". > 0", timeout=60)
+        # LND starts its server only once its backend's tip is recent (lift_off_genesis).
+        lift_off_genesis(alice, cfg["alice"]["services"])
+        cli_until(bob, "bitcoin-cli getblockcount", ". == 1", timeout=60)
+
     with subtest("LND's wallets are made and unlocked without interaction, and the servers start"):
         for m in [alice, bob]:
             m.wait_for_unit("lnd.service")
             wait_for_lnd_server(m, cfg[m.name]["operator"])
-
-    with subtest("bitcoind peers over the test network"):
-        cli(alice, f"bitcoin-cli addnode {cfg['bob']['host']}:{cfg['bob']['bitcoindPort']} add")
-        cli_until(alice, "bitcoin-cli getconnectioncount", ". > 0", timeout=60)
 
     with subtest("alice's LND wallet is funded"):
         address = lncli(alice, "newaddress p2wkh")["address"]
@@ -135,6 +142,9 @@ in
         cli(alice, f"lncli payinvoice --force {invoice['payment_request']}")
         settled = lncli(bob, f"lookupinvoice {invoice['r_hash']}")
         assert settled["state"] == "SETTLED", settled
+
+    for m in [alice, bob]:
+        check_services(m, cfg[m.name]["services"])
 
     with subtest("no unit failed on either node, not even one that Restart= brought back"):
         for m in [alice, bob]:

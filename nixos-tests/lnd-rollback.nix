@@ -107,6 +107,7 @@ in
         dataDir = node.bcm.lnd.dataDir;
         snapshotsDir = node.bcm.lnd.snapshots.dir;
         version = node.bcm.lnd.package.version;
+        services = common.serviceInfo node;
       }) nodes;
       newer = nodes.alice.specialisation.newer.configuration.bcm.lnd.package.version;
     in
@@ -162,15 +163,21 @@ in
           return machine.succeed(f"bcm-tools lnd snapshots --data-dir {cfg['alice']['dataDir']}").strip().splitlines()
 
 
+      require_service_checks({name: node["services"] for name, node in cfg.items()})
       start_all()
       for m in [alice, bob]:
           m.wait_for_unit("multi-user.target")
+          m.wait_for_unit("bitcoind.service")
+      cli(alice, f"bitcoin-cli addnode {cfg['bob']['host']}:{cfg['bob']['bitcoindPort']} add")
+      cli_until(alice, "bitcoin-cli getconnectioncount", ". > 0", timeout=60)
+      # LND starts its server only once its backend's tip is recent (lift_off_genesis).
+      lift_off_genesis(alice, cfg["alice"]["services"])
+      cli_until(bob, "bitcoin-cli getblockcount", ". == 1", timeout=60)
+      for m in [alice, bob]:
           m.wait_for_unit("lnd.service")
           wait_for_lnd_server(m, cfg[m.name]["operator"])
 
       with subtest("alice has a channel to bob on nixpkgs' LND"):
-          cli(alice, f"bitcoin-cli addnode {cfg['bob']['host']}:{cfg['bob']['bitcoindPort']} add")
-          cli_until(alice, "bitcoin-cli getconnectioncount", ". > 0", timeout=60)
           address = lncli(alice, "newaddress p2wkh")["address"]
           cli(alice, "bitcoin-cli createwallet miner")
           cli(alice, f"bitcoin-cli generatetoaddress 1 {address}")
@@ -226,5 +233,8 @@ in
           alice.succeed(f"echo alice | {ROLLBACK} --force")
           alice.wait_for_unit("lnd.service")
           wait_for_lnd_server(alice, cfg["alice"]["operator"])
+
+      for m in [alice, bob]:
+          check_services(m, cfg[m.name]["services"])
     '';
 }

@@ -100,6 +100,7 @@
           ];
         };
         bulkUnits = common.unitsOn machine tiers.bulk.path;
+        services = common.serviceInfo machine;
       };
     in
     ''
@@ -113,6 +114,7 @@
     def as_operator(command):
         return machine.succeed(f"runuser -l {operator} -c {shlex.quote(command)}")
 
+    require_service_checks({"machine": cfg["services"]})
     machine.start()
     machine.wait_for_unit("multi-user.target")
 
@@ -273,6 +275,8 @@
                 # Java binds IPv4 addresses on an IPv6 socket: [::ffff:127.0.0.1]:9092.
                 address = line.split()[3].rsplit(":", 1)[0].strip("[]")
                 assert address in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), line
+
+    check_services(machine, cfg["services"])
 
     with subtest("a missing bulk disk stops the services that store data there"):
         assert set(cfg["bulkUnits"]) >= {"bitcoind", "monerod"}, cfg["bulkUnits"]

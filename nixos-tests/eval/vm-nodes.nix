@@ -4,6 +4,8 @@
 # (qemu-vm.nix drops the host's `fileSystems`, so the services write to the root disk and a
 # "blocks on bulk" check passes there), a tier on a disk the VM does not have, failed
 # assertions, and a test script that does not evaluate against its nodes or is not Python.
+# It also checks that every bcm service a node enables has a check in the registry of
+# nixos-tests/common.nix, and that the script runs the registry's checks.
 # Returns a list of { check; ok; detail; } like eval.nix; an entry with `pythonScript` is decided
 # by `run`, which compiles the script.
 #   nixpkgsLib   path of nixpkgs' lib/
@@ -12,6 +14,7 @@ let
   lib = import nixpkgsLib;
   pkgs = import ./pkgs.nix { inherit lib; };
   root = ../..;
+  common = import ../common.nix { inherit lib; };
 
   # What the tests read of the flake's `self`: its path and its NixOS modules.
   self = {
@@ -61,7 +64,8 @@ let
     let
       inherit (evaluated) config options;
       label = "${testName}.${nodeName}";
-      definedTiers = lib.filter (tier: options.bcm.storage.${tier}.isDefined) [
+      # A node without the bcm modules (a plain host on the test network) has no tiers.
+      definedTiers = lib.filter (tier: options ? bcm && options.bcm.storage.${tier}.isDefined) [
         "fast"
         "bulk"
       ];
@@ -91,6 +95,8 @@ let
       ++ lib.optional (config.virtualisation.diskImage != null) (lib.head driveDevices);
 
       failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+      unchecked = lib.subtractLists common.checkedServices (common.enabledServices config);
     in
     [
       (check "${label}: every bcm storage tier is a mount point of the VM (virtualisation.fileSystems; qemu-vm.nix drops the host's fileSystems)" (
@@ -114,6 +120,9 @@ let
         ] true
       ) "")
       (check "${label}: no failed assertions" (failedAssertions == [ ]) (lib.concatStringsSep "; " failedAssertions))
+      (check "${label}: every bcm service it enables has a check in the registry (nixos-tests/common.nix, SERVICE_CHECKS)" (
+        unchecked == [ ]
+      ) "no check for ${lib.concatMapStringsSep ", " (service: "bcm.${service}") unchecked}")
     ];
 
   testChecks =
@@ -124,6 +133,9 @@ let
       # nixos/lib/testing/testScript.nix: a function is called with `nodes`.
       script = if lib.isFunction test.testScript then test.testScript { inherit nodes; } else test.testScript;
       scriptEvaluates = builtins.tryEval (builtins.deepSeq script true);
+      # Nodes the registry's checks must run on: those that enable a bcm service.
+      withServices = lib.attrNames (lib.filterAttrs (_: node: common.enabledServices node != [ ]) nodes);
+      runsChecks = scriptEvaluates.success && lib.hasInfix "check_services(" script && lib.hasInfix "require_service_checks(" script;
     in
     lib.concatLists (lib.mapAttrsToList (nodeChecks testName) evaluated)
     # Each specialisation is a system of its own (the skeleton's `specialisation` extends the
@@ -154,6 +166,9 @@ let
       (check "${testName}: the test script evaluates against its nodes" (
         scriptEvaluates.success && lib.isString script
       ) "evaluating testScript threw")
+      (check "${testName}: the test script requires and runs the registry's checks (require_service_checks, check_services)" (
+        withServices == [ ] || runsChecks
+      ) "nodes ${toString withServices} enable bcm services, and the script does not call both")
     ]
     # `run` compiles the script with Python, as the test driver does before it starts a VM.
     ++ lib.optional (scriptEvaluates.success && lib.isString script) {
