@@ -19,12 +19,13 @@ in
   checks = {
     # The same harness `scripts/test` runs, with the lib of the pinned nixpkgs. It evaluates
     # into a private store under $TMPDIR, so it needs no daemon inside the build sandbox.
+    # pyflakes lints the VM test scripts as the test driver does.
     eval-harness =
       pkgs.runCommand "bcm-eval-harness"
         {
           nativeBuildInputs = [
             pkgs.nix
-            pkgs.python3
+            (pkgs.python3.withPackages (ps: [ ps.pyflakes ]))
           ];
         }
         ''

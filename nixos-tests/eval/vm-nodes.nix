@@ -176,6 +176,8 @@ let
       ok = true;
       detail = "";
       pythonScript = script;
+      # The names the test driver defines in the script's scope besides its own symbols.
+      machineNames = lib.attrNames test.nodes;
     };
 in
 lib.concatLists (lib.mapAttrsToList testChecks tests)
