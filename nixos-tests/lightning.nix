@@ -1,5 +1,8 @@
 # Two clearnet nodes (bitcoind + LND each) on the test network: bitcoind peers sync, LND funds a
-# wallet, opens a channel and a payment settles. Tor is off here: VMs cannot reach the Tor network.
+# wallet, opens a channel and a payment settles. Alice backs up her channels (bcm.lnd.backups),
+# encrypted to the operator's key: the backup of the channel lands in its target on the bulk
+# disk, and decrypted with that key (derived from the test vectors' mnemonic, as `--device
+# mnemonic:` does) LND verifies it. Tor is off here: VMs cannot reach the Tor network.
 {
   lib,
   testDefaults,
@@ -53,6 +56,11 @@ let
           enable = true;
           inherit alias;
           address = "0.0.0.0";
+          # Alice's channel backups, to the default target on her bulk disk.
+          backups = lib.mkIf (alias == "alice") {
+            enable = true;
+            recipients = [ common.vectors.operatorAgeRecipient ];
+          };
         };
       };
     };
@@ -77,11 +85,14 @@ in
         tiers = common.tiers node;
         services = common.serviceInfo node;
       }) nodes;
+      inherit (common.vectors) mnemonic;
     in
     ''
     ${common.pythonHelpers}
 
     cfg = json.loads(r"""${builtins.toJSON cfg}""")
+    # The test vectors' mnemonic, from which the operator's age key (the backups' recipient) comes.
+    MNEMONIC = "${mnemonic}"
 
     def cli(machine, command):
         return machine.succeed(f"runuser -l {cfg[machine.name]['operator']} -c {shlex.quote(command)}")
@@ -142,6 +153,22 @@ in
         cli(alice, f"lncli payinvoice --force {invoice['payment_request']}")
         settled = lncli(bob, f"lookupinvoice {invoice['r_hash']}")
         assert settled["state"] == "SETTLED", settled
+
+    with subtest("alice's channel backup lands on her bulk disk, and LND verifies it decrypted with the operator's key"):
+        backups = cfg["alice"]["services"]["lnd.backups"]
+        (target,) = backups["localTargets"]
+        assert_on_tier(alice, target, cfg["alice"]["tiers"]["bulk"])
+        (channel,) = lncli(alice, "listchannels")["channels"]
+        alice_key = lncli(alice, "getinfo")["identity_pubkey"]
+        alice.succeed(f"umask 077 && printf '%s\\n' {shlex.quote(MNEMONIC)} > /root/operator.mnemonic")
+        verify = (
+            f"bcm-tools backup verify --device mnemonic:/root/operator.mnemonic"
+            f" --lnd-rpc {backups['lndRpc']} --lnd-tls-cert {backups['tlsCert']} --lnd-macaroon {backups['macaroon']}"
+            f" \"$(ls -t {target}/channel-backup-*.age | head -n 1)\""
+        )
+        alice.wait_until_succeeds(f"{verify} | grep -qF {channel['channel_point']}", timeout=120)
+        out = alice.succeed(verify)
+        assert f"good backup of 1 channel(s) for node {alice_key}" in out, out
 
     for m in [alice, bob]:
         check_services(m, cfg[m.name]["services"])

@@ -44,7 +44,8 @@ lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
   vm-regtest = callTest ./regtest.nix;
 }
 // {
-  # Two clearnet nodes on a VM network: a channel opens and a payment settles.
+  # Two clearnet nodes on a VM network: a channel opens, a payment settles, the channel backup
+  # lands and verifies.
   vm-lightning = callTest ./lightning.nix;
   # An LND upgrade undone through a snapshot, and refused after a payment (specialisations).
   vm-lnd-rollback = callTest ./lnd-rollback.nix;
