@@ -49,4 +49,6 @@ lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
   vm-lightning = callTest ./lightning.nix;
   # An LND upgrade undone through a snapshot, and refused after a payment (specialisations).
   vm-lnd-rollback = callTest ./lnd-rollback.nix;
+  # Tor enforcement probed from inside each enforced unit's sandbox against a second host.
+  vm-tor-enforce = callTest ./tor-enforce.nix;
 }
