@@ -51,4 +51,7 @@ lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
   vm-lnd-rollback = callTest ./lnd-rollback.nix;
   # Tor enforcement probed from inside each enforced unit's sandbox against a second host.
   vm-tor-enforce = callTest ./tor-enforce.nix;
+  # The bulk disk's mount stopped and the disk pulled while bitcoind and monerod run (mainnet,
+  # offline), and the operator's watch-only wallet against the BIP-84 and BIP-86 vectors.
+  vm-storage-fault = callTest ./storage-fault.nix;
 }

@@ -3,8 +3,9 @@
 There is no bitcoind on these machines (Debian does not package it), so a small HTTP server on
 127.0.0.1 stands in for its JSON-RPC interface: it records every request exactly as bitcoind
 would receive it (path, Basic auth, method, params) and answers with bitcoind's documented reply
-shapes. The assertions are about those requests. No test runs this command against a real
-bitcoind: the VM tests do not run bcm-tools.
+shapes. The assertions are about those requests. The VM test vm-storage-fault
+(nixos-tests/storage-fault.nix) runs the command against a real bitcoind, where KVM is; it has
+not been run on the machines these tests run on.
 """
 
 from __future__ import annotations
