@@ -554,6 +554,7 @@ class _Metrics:
         self.targets = {label: _TargetState() for label in labels}
         self.lnd_channels: int | None = None
         self.lnd_failures = 0
+        self.journal_failures = 0
         self.last_change: float | None = None
 
     def write(self) -> None:
@@ -619,6 +620,12 @@ def _metric_lines(m: _Metrics) -> list[str]:
         [(None, m.lnd_failures)],
     )
     family(
+        "bcm_lnd_backup_journal_failures_total",
+        "counter",
+        "Failed attempts to write the journal (the entries wait and are written later).",
+        [(None, m.journal_failures)],
+    )
+    family(
         "bcm_lnd_backup_last_change_timestamp_seconds",
         "gauge",
         "Unix time LND last reported a change of its channel set.",
@@ -628,20 +635,73 @@ def _metric_lines(m: _Metrics) -> list[str]:
 
 
 class _Journal:
-    def __init__(self, path: Path | None):
+    """JSON lines, one per durable copy. An entry that cannot be written (the disk full, its
+    directory gone) is kept and written before the next one, in order, once the file takes
+    writes again; meanwhile the workers retry it with backoff. A line is written whole or not
+    at all: a write that fails part-way is cut back off."""
+
+    # Entries kept while the journal cannot be written: weeks of channel changes.
+    BACKLOG = 10_000
+
+    def __init__(self, path: Path | None, retry_initial: float, retry_max: float):
         self.path = path
         self.lock = threading.Lock()
+        self.backlog: list[bytes] = []
+        self.retry_initial, self.retry_max = retry_initial, retry_max
+        self.delay = retry_initial
+        self.retry_at = 0.0
 
     def record(self, **entry: object) -> None:
+        """Appends `entry` after any kept before it. Raises OSError when they could not be
+        written; they are kept for the next attempt."""
         if self.path is None:
             return
-        with self.lock, self.path.open("a") as out:
-            out.write(json.dumps(entry, sort_keys=True) + "\n")
-            out.flush()
+        with self.lock:
+            self.backlog.append(json.dumps(entry, sort_keys=True).encode() + b"\n")
+            del self.backlog[: -self.BACKLOG]
+            self._flush()
+
+    def due(self) -> bool:
+        return bool(self.backlog) and time.monotonic() >= self.retry_at
+
+    def retry(self) -> None:
+        """Writes the entries kept, if their next attempt is due. Raises OSError as `record`."""
+        with self.lock:
+            if self.backlog and time.monotonic() >= self.retry_at:
+                self._flush()
+
+    def _flush(self) -> None:
+        assert self.path is not None
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                size = os.fstat(fd).st_size
+                try:
+                    view = memoryview(b"".join(self.backlog))
+                    while view:
+                        view = view[os.write(fd, view) :]
+                except OSError:
+                    try:
+                        os.ftruncate(fd, size)
+                    except OSError:
+                        pass
+                    raise
+            finally:
+                os.close(fd)
+        except OSError:
+            self.retry_at = time.monotonic() + self.delay
+            self.delay = min(self.delay * 2, self.retry_max)
+            raise
+        self.backlog.clear()
+        self.delay = self.retry_initial
 
 
 class _TargetWorker(threading.Thread):
-    """Writes the newest pending backup to one target; retries with backoff on failure."""
+    """Writes the newest pending backup to one target; retries with backoff on failure.
+
+    It never ends before the watcher stops: a failure of any kind, in the target, in the check
+    or in the journal, is logged, counted in the metrics and retried. A worker that died would
+    leave its target behind for good while the process looked healthy."""
 
     def __init__(self, target: Target, watcher: Watcher):
         super().__init__(name=f"backup-{target.label}", daemon=True)
@@ -649,6 +709,7 @@ class _TargetWorker(threading.Thread):
         self.watcher = watcher
         self.cond = threading.Condition()
         self.pending: _Pending | None = None
+        self.delay = watcher.config.retry_initial
 
     def submit(self, item: _Pending) -> None:
         with self.cond:
@@ -659,35 +720,59 @@ class _TargetWorker(threading.Thread):
 
     def run(self) -> None:
         w = self.watcher
-        delay = w.config.retry_initial
         while not w.stopping.is_set():
-            with self.cond:
-                while self.pending is None and not w.stopping.is_set():
-                    self.cond.wait(timeout=1)
-                item, self.pending = self.pending, None
-            if item is None:
-                continue
-            state = w.metrics.targets[self.target.label]
             try:
-                self.target.store(item.name, item.data, w.config.keep)
-                durable_at = time.time()
-                w.check_copy(self.target, item)
-            except BcmError as err:
-                state.failures += 1
+                self._step()
+            except Exception:  # noqa: BLE001 - a bug of ours must not end the worker either
+                w.metrics.targets[self.target.label].failures += 1
                 w.metrics.write()
-                log.warning("%s: %s; retrying in %.0f s", self.target.label, err, delay)
-                with self.cond:
-                    if self.pending is None:
-                        self.pending = item
-                w.stopping.wait(delay)
-                delay = min(delay * 2, w.config.retry_max)
-                continue
-            delay = w.config.retry_initial
-            with self.cond:
-                state.behind = self.pending is not None
-            state.last_success, state.channels = time.time(), len(item.chan_points)
+                log.exception("%s: unexpected failure; going on in %.0f s", self.target.label, self.delay)
+                w.stopping.wait(self.delay)
+                self.delay = min(self.delay * 2, w.config.retry_max)
+
+    def _step(self) -> None:
+        w = self.watcher
+        with self.cond:
+            while self.pending is None and not w.stopping.is_set():
+                if w.journal.due():
+                    break
+                self.cond.wait(timeout=1)
+            item, self.pending = self.pending, None
+        if item is None:
+            self._journal(w.journal.retry)
+            return
+        state = w.metrics.targets[self.target.label]
+        try:
+            self.target.store(item.name, item.data, w.config.keep)
+            durable_at = time.time()
+            w.check_copy(self.target, item)
+        except Exception as err:  # noqa: BLE001 - retried whatever it is; logged with its trace if unexpected
+            state.failures += 1
             w.metrics.write()
-            w.journal.record(
+            if isinstance(err, BcmError):
+                log.warning("%s: %s; retrying in %.0f s", self.target.label, err, self.delay)
+            else:
+                log.error("%s: unexpected failure; retrying in %.0f s", self.target.label, self.delay, exc_info=True)
+            with self.cond:
+                if self.pending is None:
+                    self.pending = item
+            w.stopping.wait(self.delay)
+            self.delay = min(self.delay * 2, w.config.retry_max)
+            return
+        self.delay = w.config.retry_initial
+        with self.cond:
+            state.behind = self.pending is not None
+        state.last_success, state.channels = time.time(), len(item.chan_points)
+        w.metrics.write()
+        log.info(
+            "%s: %s durable (%d channels, %.0f ms after LND's change)",
+            self.target.label,
+            item.name,
+            len(item.chan_points),
+            (durable_at - item.changed_at) * 1000,
+        )
+        self._journal(
+            lambda: w.journal.record(
                 event="durable",
                 target=self.target.label,
                 file=item.name,
@@ -696,12 +781,23 @@ class _TargetWorker(threading.Thread):
                 durable_at=durable_at,
                 verified_at=state.last_success,
             )
-            log.info(
-                "%s: %s durable (%d channels, %.0f ms after LND's change)",
-                self.target.label,
-                item.name,
-                len(item.chan_points),
-                (durable_at - item.changed_at) * 1000,
+        )
+
+    def _journal(self, write: Callable[[], None]) -> None:
+        """A journal that cannot be written holds up nothing: the copy stands, the entry waits."""
+        w = self.watcher
+        try:
+            write()
+        except OSError as err:
+            with w.metrics.lock:
+                w.metrics.journal_failures += 1
+            w.metrics.write()
+            log.warning(
+                "journal %s: %s; %d entries kept, next attempt in %.0f s",
+                w.journal.path,
+                err.strerror or err,
+                len(w.journal.backlog),
+                max(0.0, w.journal.retry_at - time.monotonic()),
             )
 
 
@@ -725,7 +821,7 @@ class Watcher:
         self.recipients = recipients
         self.stopping = threading.Event()
         self.metrics = _Metrics(config.metrics, labels)
-        self.journal = _Journal(config.journal)
+        self.journal = _Journal(config.journal, config.retry_initial, config.retry_max)
         self.workers = [_TargetWorker(t, self) for t in self.targets]
         self._last_name = ""
         self.lnd: Lnd | None = None

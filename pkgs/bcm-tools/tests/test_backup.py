@@ -294,6 +294,39 @@ def test_one_ssh_connection_carries_every_change_and_a_lost_one_is_made_again(
         watch.stop()
 
 
+def test_a_journal_that_cannot_be_written_stops_nothing(network, alice, bob, keys, tmp_path):
+    """The journal cannot be opened (its directory is missing: a disk not mounted). The target's
+    worker logs it, counts it in the metrics and carries on: the next change still lands, and the
+    entries it could not write are written once the journal can be, in order, none lost."""
+    local = tmp_path / "bulk"
+    local.mkdir()
+    label = parse_target(str(local)).label
+    metrics = tmp_path / "lnd_backup.prom"
+    journal_disk = tmp_path / "journal-disk"
+    (tmp_path / "watch").mkdir()
+    (tmp_path / "watch" / "journal.jsonl").symlink_to(journal_disk / "journal.jsonl")
+    before = alice.channel_points()
+    watch = Watch(tmp_path / "watch", alice, [str(local)], keys, None, extra=["--metrics", str(metrics)])
+    try:
+        wait_for("the first copy", lambda: LocalTarget(local).names(), timeout=60)
+        wait_for("the journal failure in metrics",
+                 lambda: "bcm_lnd_backup_journal_failures_total 0" not in metrics.read_text()
+                 and "bcm_lnd_backup_journal_failures_total" in metrics.read_text(), timeout=30)
+        journal_disk.mkdir()
+        first = watch.wait_durable(label, before, timeout=30)
+        assert first["file"] in LocalTarget(local).names()
+
+        point = network.open_channel(alice, bob)
+        now = alice.channel_points()
+        assert point in now
+        second = watch.wait_durable(label, now, timeout=60)
+        assert watch.entries().index(first) < watch.entries().index(second)
+        check_latest(str(local), None, keys, alice, now)
+        assert watch.proc.poll() is None
+    finally:
+        watch.stop()
+
+
 def test_kill_9_during_a_write_leaves_the_previous_backup_intact(network, alice, bob, keys, tmp_path):
     """strace kills the watcher with SIGKILL at the exact moment it renames its second backup
     into place: the new file is fully written to its temporary name, the old one untouched."""
