@@ -19,13 +19,15 @@ in
   checks = {
     # The same harness `scripts/test` runs, with the lib of the pinned nixpkgs. It evaluates
     # into a private store under $TMPDIR, so it needs no daemon inside the build sandbox.
-    # pyflakes lints the VM test scripts as the test driver does.
+    # bcm-tools writes the host of the generated-host VM test (its spec) before that test is
+    # evaluated; pyflakes lints the VM test scripts as the test driver does.
     eval-harness =
       pkgs.runCommand "bcm-eval-harness"
         {
           nativeBuildInputs = [
             pkgs.nix
             (pkgs.python3.withPackages (ps: [ ps.pyflakes ]))
+            (pkgs.callPackage ../pkgs/bcm-tools { })
           ];
         }
         ''

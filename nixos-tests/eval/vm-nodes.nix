@@ -8,8 +8,15 @@
 # nixos-tests/common.nix, and that the script runs the registry's checks.
 # Returns a list of { check; ok; detail; } like eval.nix; an entry with `pythonScript` is decided
 # by `run`, which compiles the script.
-#   nixpkgsLib   path of nixpkgs' lib/
-{ nixpkgsLib }:
+#   nixpkgsLib       path of nixpkgs' lib/
+#   generatedHosts   a directory with, for each spec nixos-tests/NAME.toml, a folder NAME holding
+#                    what `bcm-tools gen-host --spec nixos-tests/NAME.toml` wrote; `run` makes it.
+#                    It stands in for vm-tests.nix's genHost, a derivation this harness cannot
+#                    build.
+{
+  nixpkgsLib,
+  generatedHosts ? null,
+}:
 let
   lib = import nixpkgsLib;
   pkgs = import ./pkgs.nix { inherit lib; };
@@ -22,7 +29,15 @@ let
     nixosModules = import ../../modules/flake-modules.nix;
   };
 
-  tests = import ../vm-tests.nix { inherit pkgs lib self; };
+  tests = import ../vm-tests.nix {
+    inherit pkgs lib self;
+    genHost =
+      spec:
+      if generatedHosts == null then
+        throw "vm-nodes.nix: no generatedHosts; nixos-tests/eval/run writes them with bcm-tools gen-host"
+      else
+        "${generatedHosts}/${lib.removeSuffix ".toml" (baseNameOf spec)}";
+  };
 
   # nixos/lib/testing/nodes.nix and network.nix: each node is a NixOS system with qemu-vm.nix,
   # its name as a module argument and as default host name, and `nodes` (every node's config)
