@@ -83,8 +83,8 @@ python3Packages.buildPythonApplication {
       openssh
     ];
   # Tests that start daemons (LND, btcd, Tor, monerod, LXD), need nix-instantiate or read files
-  # outside this source cannot run in the build sandbox; scripts/test runs them. No VM test runs
-  # bcm-tools.
+  # outside this source cannot run in the build sandbox; scripts/test runs them. The VM tests
+  # (nixos-tests/) run bcm-tools on their nodes: lnd rollback, backup verify, trezor watch-only.
   disabledTestMarks = [
     "lnd"
     "btcd"
