@@ -103,7 +103,14 @@ lib.optionals cfg.enable (
       walletIndex = index "-lnd-init-wallet";
       post = lib.toList unit.serviceConfig.ExecStartPost;
       stop = lib.toList (unit.serviceConfig.ExecStop or [ ]);
-      dataTier = lib.findFirst (tier: h.under tier cfg.dataDir) null (lib.attrValues config.bcm.storage);
+      # Only the tiers the host defines: reading an undefined one (a host without a bulk disk) fails.
+      definedTiers = map (tier: config.bcm.storage.${tier}) (
+        lib.filter (tier: options.bcm.storage.${tier}.isDefined) [
+          "fast"
+          "bulk"
+        ]
+      );
+      dataTier = lib.findFirst (tier: h.under tier cfg.dataDir) null definedTiers;
     in
     [
       (check "lnd: data snapshotted before any other step touches it, as the lnd user" (
