@@ -22,13 +22,15 @@ import os
 import re
 import select
 import shlex
+import signal
 import subprocess
 import tempfile
 import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -38,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bcm_tools import age
 from bcm_tools.errors import BackupError, BcmError, CredentialError, TargetError, UsageError
-from bcm_tools.lnd import Endpoint, Lnd, MultiBackup
+from bcm_tools.lnd import BackupStream, Endpoint, Lnd, MultiBackup
 
 if TYPE_CHECKING:
     from bcm_tools.devices.base import KeyDevice
@@ -86,6 +88,10 @@ class Target(ABC):
 
     def close(self) -> None:
         """Lets go of any connection the target holds open."""
+
+    def abort(self) -> None:
+        """Cuts off the copy under way, from another thread, when the watcher stops and it takes
+        too long. Where the copy is a few local system calls there is nothing to cut off."""
 
 
 class LocalTarget(Target):
@@ -362,6 +368,14 @@ class _Session:
         if proc.stdout is not None:
             proc.stdout.close()
 
+    def abort(self) -> None:
+        """Ends the connection under a request in flight, without waiting for the request's lock:
+        the request fails as if the connection were lost. The other end completes a copy it has
+        whole, or drops it."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def close(self) -> None:
         with self.lock:
             self._stop()
@@ -402,6 +416,9 @@ class SshTarget(Target):
 
     def close(self) -> None:
         self._finalizer()
+
+    def abort(self) -> None:
+        self._session.abort()
 
     def _request(self, line: str, data: bytes = b"") -> bytes:
         status, out, err = self._session.request(line, data)
@@ -528,6 +545,9 @@ class WatchConfig(BaseModel):
     )
     retry_initial: float = 1.0
     retry_max: float = 60.0
+    stop_grace: float = Field(
+        default=10.0, description="on stop, how long copies in flight may take before they are cut off, s"
+    )
 
 
 class _Pending(BaseModel):
@@ -670,6 +690,12 @@ class _Journal:
             if self.backlog and time.monotonic() >= self.retry_at:
                 self._flush()
 
+    def record_kept(self) -> None:
+        """Writes the entries kept now, whatever their backoff (when the watcher stops)."""
+        with self.lock:
+            if self.backlog:
+                self._flush()
+
     def _flush(self) -> None:
         assert self.path is not None
         try:
@@ -710,6 +736,7 @@ class _TargetWorker(threading.Thread):
         self.cond = threading.Condition()
         self.pending: _Pending | None = None
         self.delay = watcher.config.retry_initial
+        self.cut_off = False  # the watcher stopped and its grace period ran out: no more attempts
 
     def submit(self, item: _Pending) -> None:
         with self.cond:
@@ -720,7 +747,11 @@ class _TargetWorker(threading.Thread):
 
     def run(self) -> None:
         w = self.watcher
-        while not w.stopping.is_set():
+        # Once the watcher stops, one more step: the newest backup still pending, if any, gets
+        # one attempt (within the watcher's grace period), so a stop right after a channel
+        # change does not leave the change unbacked-up until the next start.
+        while not self.cut_off:
+            last = w.stopping.is_set()
             try:
                 self._step()
             except Exception:  # noqa: BLE001 - a bug of ours must not end the worker either
@@ -729,6 +760,8 @@ class _TargetWorker(threading.Thread):
                 log.exception("%s: unexpected failure; going on in %.0f s", self.target.label, self.delay)
                 w.stopping.wait(self.delay)
                 self.delay = min(self.delay * 2, w.config.retry_max)
+            if last:
+                return
 
     def _step(self) -> None:
         w = self.watcher
@@ -749,10 +782,11 @@ class _TargetWorker(threading.Thread):
         except Exception as err:  # noqa: BLE001 - retried whatever it is; logged with its trace if unexpected
             state.failures += 1
             w.metrics.write()
+            then = "not retried: stopping" if w.stopping.is_set() else f"retrying in {self.delay:.0f} s"
             if isinstance(err, BcmError):
-                log.warning("%s: %s; retrying in %.0f s", self.target.label, err, self.delay)
+                log.warning("%s: %s; %s", self.target.label, err, then)
             else:
-                log.error("%s: unexpected failure; retrying in %.0f s", self.target.label, self.delay, exc_info=True)
+                log.error("%s: unexpected failure; %s", self.target.label, then, exc_info=True)
             with self.cond:
                 if self.pending is None:
                     self.pending = item
@@ -825,6 +859,8 @@ class Watcher:
         self.workers = [_TargetWorker(t, self) for t in self.targets]
         self._last_name = ""
         self.lnd: Lnd | None = None
+        self._stream: BackupStream | None = None
+        self._finished = False
 
     def check_copy(self, target: Target, item: _Pending) -> None:
         """With a check identity: decrypt what the target holds and have LND verify it."""
@@ -853,27 +889,45 @@ class Watcher:
             worker.submit(item)
         self.metrics.write()
 
-    def run(self, on_ready: Callable[[], None] | None = None) -> None:
-        """Runs until `stop()`; reconnects to LND with backoff when it goes away."""
-        for worker in self.workers:
-            worker.start()
-        self.metrics.write()
+    def run(self, on_ready: Callable[[], None] | None = None, stop_on: Sequence[int] = ()) -> None:
+        """Runs until `stop()`, or one of the signals `stop_on` (in the main thread only);
+        reconnects to LND with backoff when it goes away. Returns once the copies in flight are
+        finished, or cut off after `stop_grace` seconds."""
+        with _stopping_on(stop_on, self.stop):
+            for worker in self.workers:
+                worker.start()
+            self.metrics.write()
+            try:
+                self._follow(on_ready)
+            finally:
+                self._finish()
+
+    def _follow(self, on_ready: Callable[[], None] | None) -> None:
         delay = self.config.retry_initial
         while not self.stopping.is_set():
             try:
                 with Lnd(self.endpoint) as lnd:
                     self.lnd = lnd
                     # Subscribe before the full export so no change falls between the two.
-                    stream = lnd.subscribe_channel_backups()
+                    self._stream = stream = lnd.subscribe_channel_backups()
+                    if self.stopping.is_set():  # stopped before there was a stream to cancel
+                        return
                     self._take(lnd, lnd.export_all_channel_backups())
                     if on_ready:
                         on_ready()
+                        on_ready = None
                     delay = self.config.retry_initial
                     for backup in stream:
-                        self._take(lnd, backup)
                         if self.stopping.is_set():
                             break
+                        self._take(lnd, backup)
+                    if self.stopping.is_set():
+                        # Still connected: the copies in flight are checked by LND as usual.
+                        self._finish()
+                        return
             except BcmError as err:
+                if self.stopping.is_set():
+                    return
                 self.metrics.lnd_failures += 1
                 self.metrics.write()
                 log.warning("LND: %s; reconnecting in %.0f s", err, delay)
@@ -881,7 +935,85 @@ class Watcher:
                 delay = min(delay * 2, self.config.retry_max)
 
     def stop(self) -> None:
+        """Asks `run` to return: no new copy starts; one in flight may finish. Any thread."""
+        if self.stopping.is_set():
+            return
+        log.info("stopping")
         self.stopping.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+        for worker in self.workers:
+            with worker.cond:
+                worker.cond.notify()
+
+    def _finish(self) -> None:
+        """Waits for the workers: each finishes the copy in flight, if any, and records it. A
+        copy still under way after `stop_grace` seconds is cut off; the target's other end then
+        completes it or drops it whole. Then lets go of the targets."""
+        if self._finished:
+            return
+        self._finished = True
+        self.stopping.set()
+        deadline = time.monotonic() + self.config.stop_grace
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join(max(0.0, deadline - time.monotonic()))
+        for worker in self.workers:
+            if worker.is_alive():
+                log.warning("%s: copy still under way after %.0f s; cutting it off", worker.target.label, self.config.stop_grace)
+                worker.cut_off = True
+                worker.target.abort()
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join(5)
+        for target in self.targets:
+            target.close()
+        if self.journal.backlog:
+            try:
+                self.journal.record_kept()
+            except OSError as err:
+                log.warning("journal %s: %s; %d entries not written", self.journal.path, err.strerror or err, len(self.journal.backlog))
+        self.metrics.write()
+        log.info("stopped")
+
+
+@contextmanager
+def _stopping_on(signals: Sequence[int], stop: Callable[[], None]) -> Iterator[None]:
+    """While inside, each of `signals` calls `stop` from a thread of its own. The handler only
+    wakes that thread (Python's wakeup fd): taking locks inside a signal handler could deadlock
+    with the very code it interrupted."""
+    if not signals:
+        yield
+        return
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    os.set_blocking(read_fd, True)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous = {number: signal.signal(number, lambda *_: None) for number in signals}
+
+    def wait() -> None:
+        while True:
+            try:
+                got = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not got:
+                return  # closed: the watcher is done
+            if any(number in got for number in signals):
+                log.info("%s received", signal.Signals(next(n for n in got if n in signals)).name)
+                stop()
+
+    waiter = threading.Thread(target=wait, name="backup-signals", daemon=True)
+    waiter.start()
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_fd)
+        waiter.join(5)
+        os.close(read_fd)
 
 
 def _name_time(name: str) -> float:

@@ -201,6 +201,20 @@ class WalletBalance(BaseModel):
     unconfirmed: int
 
 
+class BackupStream:
+    """LND's channel backup stream (`Lnd.subscribe_channel_backups`). Iterating yields each new
+    backup; `cancel()`, from any thread, ends the iteration without an error."""
+
+    def __init__(self, lnd: Lnd, call: Any):
+        self._lnd, self._call = lnd, call
+
+    def __iter__(self) -> Iterator[MultiBackup]:
+        return self._lnd._follow_backups(self._call)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class Lnd:
     """A connection to one LND; each method is one RPC with LND's errors turned into ours."""
 
@@ -262,8 +276,8 @@ class Lnd:
         pb = self._pb["lightning_pb2"]
         return self._multi(self._call("ExportAllChannelBackups", pb.ChanBackupExportRequest()))
 
-    def subscribe_channel_backups(self) -> Iterator[MultiBackup]:
-        """Yields a new multi-channel backup each time LND's set of channels changes; forever.
+    def subscribe_channel_backups(self) -> BackupStream:
+        """A new multi-channel backup each time LND's set of channels changes; forever.
 
         The call starts here, not at the first `next()`, so a caller can subscribe, then take a
         full export, and miss no change in between."""
@@ -272,7 +286,7 @@ class Lnd:
             stream = self._lightning.SubscribeChannelBackups(pb.ChannelBackupSubscription())
         except grpc.RpcError as err:
             raise self._error("SubscribeChannelBackups", err) from None
-        return self._follow_backups(stream)
+        return BackupStream(self, stream)
 
     def _follow_backups(self, stream: Any) -> Iterator[MultiBackup]:
         try:

@@ -365,6 +365,66 @@ def test_kill_9_during_a_write_leaves_the_previous_backup_intact(network, alice,
         again.stop()
 
 
+def test_sigterm_during_a_copy_finishes_it_records_it_and_exits_0(network, alice, bob, keys, tmp_path):
+    """strace sends SIGTERM, as systemd's stop would, at the moment the watcher renames its
+    second backup into place. The watcher finishes that copy, records it in the journal and
+    exits 0: no temporary file is left, and the journal names exactly the files the target holds."""
+    local = tmp_path / "bulk"
+    local.mkdir()
+    target = str(local)
+    label = parse_target(target).label
+    renames = "rename,renameat,renameat2"
+    # Only the target worker thread renames (no --metrics); strace counts calls per thread.
+    wrapper = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={renames}",
+               "-e", f"inject={renames}:signal=TERM:when=2"]
+    watch = Watch(tmp_path / "watch", alice, [target], keys, None, wrapper=wrapper)
+    try:
+        watch.wait_durable(label, alice.channel_points())
+        network.open_channel(alice, bob)
+        wait_for("the watcher to stop", lambda: watch.proc.poll() is not None, timeout=60)
+        log = watch.log.read_text()
+        assert watch.proc.returncode == 0, log
+        assert "Traceback" not in log
+        assert not [p.name for p in local.iterdir() if p.name.endswith(".tmp")]
+        entries = watch.entries()
+        assert len(entries) >= 2, "the copy under way when the signal came is finished and recorded"
+        assert sorted(e["file"] for e in entries) == LocalTarget(local).names()
+        check_latest(target, None, keys, alice, entries[-1]["chan_points"])
+    finally:
+        watch.stop()
+
+
+def test_sigterm_while_an_ssh_copy_hangs_cuts_it_off_whole_and_exits_0(network, alice, bob, keys, sshd, tmp_path):
+    """The SSH target's remote `sync` hangs with a copy uploaded but not renamed, and the watcher
+    is told to stop. It waits a while for the copy, then cuts the connection and exits 0. The
+    journal names only files the target holds; the remote side either finishes the cut-off
+    copy whole or drops it, and leaves no temporary file."""
+    remote = sshd.directory / "remote-sigterm"
+    remote.mkdir()
+    target = sshd.url(remote)
+    label = parse_target(target).label
+    watch = Watch(tmp_path / "watch", alice, [target], keys, sshd)
+    try:
+        watch.wait_durable(label, alice.channel_points())
+        with sshd.hold_sync():
+            network.open_channel(alice, bob)
+            wait_for("the upload to arrive", lambda: [n for n in os.listdir(remote) if n.endswith(".tmp")], timeout=30)
+            os.kill(watch.proc.pid, signal.SIGTERM)
+            wait_for("the watcher to stop", lambda: watch.proc.poll() is not None, timeout=40)
+            log = watch.log.read_text()
+            assert watch.proc.returncode == 0, log
+            assert "Traceback" not in log
+            on_disk = backup_module.backup_names(os.listdir(remote))
+            entries = watch.entries()
+            assert len(entries) == 1 and entries[0]["file"] in on_disk
+        wait_for("no temporary file left", lambda: not [n for n in os.listdir(remote) if n.endswith(".tmp")], timeout=20)
+        with Lnd(alice.endpoint()) as lnd:
+            for name in backup_module.backup_names(os.listdir(remote)):
+                lnd.verify_multi(age.decrypt((remote / name).read_bytes(), [keys["operator"]]))
+    finally:
+        watch.stop()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
 
