@@ -18,7 +18,10 @@ let
   sshTargets = lib.filter isSsh cfg.targets;
 
   # The RPCs the watcher makes, and nothing more: it can read and check backups, not move funds.
+  # GetInfo gives the node's public key, which goes into every backup's name so that nodes
+  # sharing a target each keep their own.
   macaroonPermissions = map (rpc: "uri:/lnrpc.Lightning/${rpc}") [
+    "GetInfo"
     "SubscribeChannelBackups"
     "ExportAllChannelBackups"
     "VerifyChanBackup"
@@ -101,7 +104,7 @@ in
     keep = lib.mkOption {
       type = lib.types.ints.positive;
       default = 30;
-      description = "How many timestamped versions each target keeps.";
+      description = "How many versions of this node's backup each target keeps (other nodes' backups in the same target are never touched).";
     };
 
     ssh = {
@@ -206,6 +209,9 @@ in
           ReadWritePaths = localTargets;
           # Every write is temporary file, fsync, rename: a stop at any moment loses nothing.
           Restart = "always";
+          # SIGTERM to the watcher alone: it lets each copy under way finish (10 s at most) over
+          # its SSH connection, which a SIGTERM to the whole cgroup would cut at once.
+          KillMode = "mixed";
           RestartSec = "5s";
         };
     };

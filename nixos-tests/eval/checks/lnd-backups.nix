@@ -16,6 +16,7 @@ let
   local = lib.filter (t: !lib.hasPrefix "ssh://" t) cfg.targets;
   ssh = lib.filter (lib.hasPrefix "ssh://") cfg.targets;
   expectedPermissions = map (rpc: "uri:/lnrpc.Lightning/${rpc}") [
+    "GetInfo"
     "SubscribeChannelBackups"
     "ExportAllChannelBackups"
     "VerifyChanBackup"

@@ -6,15 +6,17 @@ A backup file is LND's packed multi-channel backup — the same bytes as LND's o
 
 The watcher takes a backup at start and on every change LND reports. Each one is
 checked by LND (`VerifyChanBackup`) before it is written, encrypted once, and then
-written by one worker per target: atomically (temporary file, fsync, rename, fsync
-of the directory), read back, and — when the watcher holds an identity it may
-decrypt with — decrypted and verified by LND again. A target that fails is retried
+written by one worker per target: under the target directory's lock, atomically
+(temporary file, fsync, rename, fsync of the directory), named by node and sequence
+number, read back, and — when the watcher holds an identity it may decrypt with —
+decrypted and verified by LND again. A target that fails is retried
 with backoff by its own worker; the others carry on. Only the newest backup is ever
 pending for a target, so one that comes back catches up with a single write.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -49,41 +51,84 @@ log = logging.getLogger("bcm_tools.backup")
 
 PREFIX = "channel-backup-"
 SUFFIX = ".age"
-_NAME = re.compile(r"^channel-backup-\d{8}T\d{6}\.\d{6}Z\.age$")
+# Every writer on a target directory takes this lock (flock) for the whole of a store.
+LOCK_NAME = ".channel-backup.lock"
+# How long a store waits for another writer's lock, s.
+LOCK_WAIT = 30
+# channel-backup-NODE-SEQUENCE-TIME.age: NODE is the node's tag (node_tag), SEQUENCE counts that
+# node's backups in this target, TIME is when LND reported the change (UTC, to the second).
+_NAME = re.compile(r"^channel-backup-(?P<node>[0-9a-f]{16})-(?P<seq>[0-9]{10,})-[0-9]{8}T[0-9]{6}Z\.age$")
+_NODE = re.compile(r"^[0-9a-f]{16}$")
 
 
-def backup_name(at: float) -> str:
-    """File name carrying the UTC time of the backup; names sort in time order."""
-    stamp = datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
-    return f"{PREFIX}{stamp}Z{SUFFIX}"
+def node_tag(pubkey: str) -> str:
+    """What a backup's name says of its node: the first 16 hex digits of the node's public key
+    (`lncli getinfo` shows it as identity_pubkey)."""
+    tag = pubkey[:16].lower()
+    if len(pubkey) != 66 or not _NODE.match(tag):
+        raise BackupError(f"{pubkey!r} is not a node public key")
+    return tag
 
 
-def backup_names(names: Sequence[str]) -> list[str]:
-    """The backup files among `names`, oldest first."""
-    return sorted(n for n in names if _NAME.match(n))
+def backup_name(node: str, seq: int, at: float) -> str:
+    """The name of `node`'s backup number `seq` in a target, of a change LND reported at `at`."""
+    return f"{PREFIX}{node}-{seq:010d}-{_stamp(at)}{SUFFIX}"
+
+
+def _stamp(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def backup_names(names: Sequence[str], node: str | None = None) -> list[str]:
+    """The backup files among `names` (of `node` only, when given) in the order each node wrote
+    them: by node, then by sequence number. The time in a name plays no part: a clock set back
+    must not make the newest backup look old."""
+    found = []
+    for name in names:
+        match = _NAME.match(name)
+        if match and (node is None or match["node"] == node):
+            found.append((match["node"], int(match["seq"]), name))
+    return [name for _, _, name in sorted(found)]
+
+
+def _sequence(name: str) -> int:
+    match = _NAME.match(name)
+    assert match is not None
+    return int(match["seq"])
+
+
+def _check_node(node: str) -> None:
+    if not _NODE.match(node):
+        raise UsageError(f"{node!r} is not a node tag (16 hex digits)")
 
 
 # --- targets ------------------------------------------------------------------------------
 
 
 class Target(ABC):
-    """Somewhere backups are kept. `store` is atomic and durable, or raises TargetError."""
+    """Somewhere backups are kept, by one node or several. `store` is atomic and durable, or
+    raises TargetError."""
 
     label: str
 
     @abstractmethod
-    def store(self, name: str, data: bytes, keep: int) -> None:
-        """Writes `name` atomically and durably, checks what landed, then keeps the newest `keep`."""
+    def store(self, node: str, data: bytes, keep: int, at: float) -> str:
+        """Writes a new backup of `node` (its tag) atomically and durably, holding the target's
+        lock: named with the next sequence number among that node's backups here and the time
+        `at`. Checks what landed, then keeps that node's newest `keep` (the new one always among
+        them) and removes that node's leftover temporary files. Other nodes' files are never
+        touched. Returns the name."""
 
     @abstractmethod
-    def names(self) -> list[str]:
-        """Backup file names present, oldest first."""
+    def names(self, node: str | None = None) -> list[str]:
+        """Backup file names present (of `node` only, when given), oldest first (backup_names)."""
 
     @abstractmethod
     def read(self, name: str) -> bytes: ...
 
-    def latest(self) -> str | None:
-        names = self.names()
+    def latest(self, node: str) -> str | None:
+        """The newest backup of `node` here."""
+        names = self.names(node)
         return names[-1] if names else None
 
     def close(self) -> None:
@@ -105,47 +150,77 @@ class LocalTarget(Target):
     def _fail(self, what: str, err: OSError) -> TargetError:
         return TargetError(f"{self.label}: {what}: {err.strerror or err}")
 
-    def store(self, name: str, data: bytes, keep: int) -> None:
+    def store(self, node: str, data: bytes, keep: int, at: float) -> str:
+        _check_node(node)
         if not self.directory.is_dir():
             raise TargetError(f"{self.label}: directory is missing (disk not mounted?)")
-        final = self.directory / name
-        temporary = self.directory / f".{name}.tmp"
-        try:
-            # Whatever is at the temporary name (a leftover, or a symlink someone planted) goes,
-            # and the file is made anew: never opened through a link, never one that was there.
-            _remove_quietly(temporary)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with self._locked():
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, final)
-            _fsync_directory(self.directory)
-        except OSError as err:
-            _remove_quietly(temporary)
-            raise self._fail(f"writing {name}", err) from None
-        if hashlib.sha256(self.read(name)).digest() != hashlib.sha256(data).digest():
-            raise TargetError(f"{self.label}: {name} reads back different from what was written")
-        self._prune(keep)
+                entries = os.listdir(self.directory)
+            except OSError as err:
+                raise self._fail("listing", err) from None
+            # Leftovers of this node's writer killed between write and rename. Nobody is writing
+            # them now: they would hold the lock. Other nodes' are theirs to sweep.
+            for entry in entries:
+                if entry.startswith(f".{PREFIX}{node}-"):
+                    _remove_quietly(self.directory / entry)
+            mine = backup_names(entries, node)
+            name = backup_name(node, _sequence(mine[-1]) + 1 if mine else 1, at)
+            final = self.directory / name
+            temporary = self.directory / f".{name}.tmp"
+            try:
+                # Made anew, never opened through a link: a symlink planted at this name since
+                # the sweep makes the store fail, and the next attempt sweeps it.
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(temporary, final)
+                _fsync_directory(self.directory)
+            except OSError as err:
+                if not isinstance(err, FileExistsError):
+                    _remove_quietly(temporary)
+                raise self._fail(f"writing {name}", err) from None
+            if hashlib.sha256(self.read(name)).digest() != hashlib.sha256(data).digest():
+                raise TargetError(f"{self.label}: {name} reads back different from what was written")
+            # Sorted by sequence number, the new one last: it is never among those pruned.
+            for old in [*mine, name][:-keep]:
+                _remove_quietly(self.directory / old)
+        return name
 
-    def _prune(self, keep: int) -> None:
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Holds the directory's lock, shared with every other writer (local or over SSH)."""
+        path = self.directory / LOCK_NAME
         try:
-            entries = os.listdir(self.directory)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as err:
-            raise self._fail("listing", err) from None
-        for old in backup_names(entries)[:-keep]:
-            _remove_quietly(self.directory / old)
-        # Leftovers of a watcher killed between write and rename.
-        for entry in entries:
-            if entry.startswith("." + PREFIX) and entry.endswith(".tmp"):
-                _remove_quietly(self.directory / entry)
-
-    def names(self) -> list[str]:
+            raise self._fail(f"opening {LOCK_NAME}", err) from None
         try:
-            return backup_names(os.listdir(self.directory))
+            deadline = time.monotonic() + LOCK_WAIT
+            pause = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TargetError(
+                            f"{self.label}: another writer has held {LOCK_NAME} for {LOCK_WAIT} s"
+                        ) from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.05)
+            yield
+        finally:
+            os.close(fd)  # and with it the lock
+
+    def names(self, node: str | None = None) -> list[str]:
+        try:
+            return backup_names(os.listdir(self.directory), node)
         except OSError as err:
             raise self._fail("listing", err) from None
 
@@ -180,32 +255,45 @@ class SshOptions(BaseModel):
     command_timeout: float = 60
 
 
-# Runs on the remote host under its POSIX shell with coreutils; $1.. are the arguments. The
-# upload is checked against its SHA-256 before the rename: if our side dies mid-upload, `cat`
-# sees end of file and exits 0, and a truncated file must never replace a good one. The
-# temporary file is this shell's own ($$): a copy cut off by a lost connection may still be
-# running when its retry starts, and must not rename the retry's half-written file into place.
-# dd creates it with O_CREAT|O_EXCL|O_NOFOLLOW, after removing whatever had its name: a symlink
-# planted there is never written through.
+# Runs on the remote host under its POSIX shell with coreutils and flock (util-linux); $1.. are
+# the arguments: the directory, the node's tag, the time for the name, the upload's SHA-256 and
+# how many of the node's backups to keep. It holds the directory's lock (LOCK_NAME, the one local
+# writers take) from the first look at the directory to the last removal, so two writers never
+# pick the same number or remove what the other is writing. The upload is checked against its
+# SHA-256 before the rename: a truncated file must never replace a good one. The temporary file is
+# this shell's own ($$), created by dd with O_CREAT|O_EXCL|O_NOFOLLOW: never written through a
+# symlink planted at its name. Only this node's files and leftovers are touched, and the file just
+# written (the highest number) is never among those pruned.
 _REMOTE_STORE = r"""
-d=$1 f=$2 sum=$3 keep=$4
+d=$1 node=$2 stamp=$3 sum=$4 keep=$5
+case $node in ????????????????) ;; *) exit 2 ;; esac
+case $node in *[!0-9a-f]*) exit 2 ;; esac
+case $keep in '' | *[!0-9]*) exit 2 ;; esac
+case $stamp in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z) ;; *) exit 2 ;; esac
 [ -d "$d" ] || { echo "directory $d is missing" >&2; exit 4; }
+command -v flock > /dev/null || { echo "flock (util-linux) is missing on the remote host" >&2; exit 9; }
 umask 077
+lock="$d/.channel-backup.lock"
+[ ! -L "$lock" ] || { echo "$lock is a symbolic link" >&2; exit 9; }
+exec 9>> "$lock" && flock -w 30 9 || { echo "another writer has held .channel-backup.lock for 30 s" >&2; exit 9; }
+mine="channel-backup-$node-"
+rm -f -- "$d/.$mine"*
+last=$(cd "$d" && ls -1 | sed -n "s/^$mine\([0-9]\{10,\}\)-[0-9]\{8\}T[0-9]\{6\}Z\.age\$/\1/p" | sort -n | tail -n 1)
+f="$mine$(printf '%010d' "$(expr "${last:-0}" + 1)")-$stamp.age" || exit 5
 t="$d/.$f.$$.tmp"
-rm -f -- "$t"
 dd of="$t" conv=excl oflag=nofollow bs=65536 status=none || { rm -f "$t"; exit 5; }
 got=$(sha256sum < "$t") && [ "${got%% *}" = "$sum" ] || { rm -f "$t"; echo "upload arrived incomplete" >&2; exit 6; }
-sync "$t" && mv -f "$t" "$d/$f" && sync "$d" || { echo "could not make $f durable" >&2; exit 7; }
-cd "$d" && ls -1 | grep -E '^channel-backup-[0-9]{8}T[0-9]{6}\.[0-9]{6}Z\.age$' | sort | head -n -"$keep" | xargs -r rm -f --
-rm -f "$d"/.channel-backup-*.tmp
-echo stored
+sync "$t" && mv -f "$t" "$d/$f" && sync "$d" || { rm -f "$t"; echo "could not make $f durable" >&2; exit 7; }
+cd "$d" && ls -1 | sed -n "s/^\($mine\([0-9]\{10,\}\)-[0-9]\{8\}T[0-9]\{6\}Z\.age\)\$/\2 \1/p" | sort -n \
+  | head -n -"$keep" | cut -d' ' -f2 | grep -vxF -- "$f" | xargs -r rm -f --
+echo "stored $f"
 """
 
 # The other end of an SSH target's session, started once per connection with the target's
-# directory as $1. It answers one request after another: a line `store NAME SHA256 KEEP SIZE`
-# followed by SIZE bytes, `names`, or `read NAME`; each answer is a line `STATUS OUT ERR` and
-# then OUT bytes of output and ERR bytes of error messages. An upload that ends short (our side
-# died) ends the session before anything is stored. `ready` carries a word only we know, so
+# directory as $1. It answers one request after another: a line `store NODE TIME SHA256 KEEP
+# SIZE` followed by SIZE bytes, `names`, or `read NAME`; each answer is a line `STATUS OUT ERR`
+# and then OUT bytes of output and ERR bytes of error messages. An upload that ends short (our
+# side died) ends the session before anything is stored. `ready` carries a word only we know, so
 # whatever the remote account's shell prints when it starts is skipped. The answer leaves in one
 # write: as two, the second small TCP segment would wait for the acknowledgement of the first,
 # which the other side delays by up to 40 ms.
@@ -219,13 +307,13 @@ w=$(mktemp -d) || exit 1
 trap 'rm -rf "$w"' EXIT
 trap 'exit 1' HUP INT PIPE TERM
 echo "ready $2"
-while IFS=' ' read -r op name sum keep size; do
+while IFS=' ' read -r op a1 a2 a3 a4 size; do
   case $op in
     store)
       head -c "$size" > "$w/in" && [ "$(wc -c < "$w/in")" -eq "$size" ] || exit 1
-      ( store "$d" "$name" "$sum" "$keep" ) < "$w/in" > "$w/out" 2> "$w/err" ;;
+      ( store "$d" "$a1" "$a2" "$a3" "$a4" ) < "$w/in" > "$w/out" 2> "$w/err" ;;
     names) ( cd "$d" && ls -1 ) > "$w/out" 2> "$w/err" ;;
-    read) cat -- "$d/$name" > "$w/out" 2> "$w/err" ;;
+    read) cat -- "$d/$a1" > "$w/out" 2> "$w/err" ;;
     *) exit 1 ;;
   esac
   status=$?
@@ -426,14 +514,16 @@ class SshTarget(Target):
             raise TargetError(f"{self.label}: {' '.join(err.decode(errors='replace').split()) or f'exit status {status}'}")
         return out
 
-    def store(self, name: str, data: bytes, keep: int) -> None:
-        _check_name(name)
-        reply = self._request(f"store {name} {hashlib.sha256(data).hexdigest()} {int(keep)} {len(data)}", data)
-        if reply.strip() != b"stored":
-            raise TargetError(f"{self.label}: unexpected reply {reply[:80]!r}")
+    def store(self, node: str, data: bytes, keep: int, at: float) -> str:
+        _check_node(node)
+        reply = self._request(f"store {node} {_stamp(at)} {hashlib.sha256(data).hexdigest()} {int(keep)} {len(data)}", data)
+        words = reply.decode(errors="replace").split()
+        if len(words) != 2 or words[0] != "stored" or backup_names(words[1:], node) != words[1:]:
+            raise TargetError(f"{self.label}: unexpected reply {reply[:120]!r}")
+        return words[1]
 
-    def names(self) -> list[str]:
-        return backup_names(self._request("names").decode(errors="replace").splitlines())
+    def names(self, node: str | None = None) -> list[str]:
+        return backup_names(self._request("names").decode(errors="replace").splitlines(), node)
 
     def read(self, name: str) -> bytes:
         _check_name(name)
@@ -551,7 +641,7 @@ class WatchConfig(BaseModel):
 
 
 class _Pending(BaseModel):
-    name: str
+    pubkey: str  # of the node whose backup this is
     data: bytes
     chan_points: list[str]
     changed_at: float  # when the watcher got this state from LND
@@ -776,9 +866,9 @@ class _TargetWorker(threading.Thread):
             return
         state = w.metrics.targets[self.target.label]
         try:
-            self.target.store(item.name, item.data, w.config.keep)
+            name = self.target.store(node_tag(item.pubkey), item.data, w.config.keep, item.changed_at)
             durable_at = time.time()
-            w.check_copy(self.target, item)
+            w.check_copy(self.target, name, item)
         except Exception as err:  # noqa: BLE001 - retried whatever it is; logged with its trace if unexpected
             state.failures += 1
             w.metrics.write()
@@ -801,7 +891,7 @@ class _TargetWorker(threading.Thread):
         log.info(
             "%s: %s durable (%d channels, %.0f ms after LND's change)",
             self.target.label,
-            item.name,
+            name,
             len(item.chan_points),
             (durable_at - item.changed_at) * 1000,
         )
@@ -809,7 +899,8 @@ class _TargetWorker(threading.Thread):
             lambda: w.journal.record(
                 event="durable",
                 target=self.target.label,
-                file=item.name,
+                file=name,
+                node=item.pubkey,
                 chan_points=item.chan_points,
                 changed_at=item.changed_at,
                 durable_at=durable_at,
@@ -857,34 +948,29 @@ class Watcher:
         self.metrics = _Metrics(config.metrics, labels)
         self.journal = _Journal(config.journal, config.retry_initial, config.retry_max)
         self.workers = [_TargetWorker(t, self) for t in self.targets]
-        self._last_name = ""
         self.lnd: Lnd | None = None
         self._stream: BackupStream | None = None
         self._finished = False
 
-    def check_copy(self, target: Target, item: _Pending) -> None:
+    def check_copy(self, target: Target, name: str, item: _Pending) -> None:
         """With a check identity: decrypt what the target holds and have LND verify it."""
         if self.config.check_identity is None or self.lnd is None:
             return
-        plain = age.decrypt(target.read(item.name), [self.config.check_identity], source=f"{target.label}/{item.name}")
+        plain = age.decrypt(target.read(name), [self.config.check_identity], source=f"{target.label}/{name}")
         covered = self.lnd.verify_multi(plain)
         if sorted(covered) != sorted(item.chan_points):
             raise BackupError(
-                f"{target.label}/{item.name}: LND sees {len(covered)} channels, expected {len(item.chan_points)}"
+                f"{target.label}/{name}: LND sees {len(covered)} channels, expected {len(item.chan_points)}"
             )
 
-    def _take(self, lnd: Lnd, backup: MultiBackup) -> None:
+    def _take(self, lnd: Lnd, pubkey: str, backup: MultiBackup) -> None:
         changed_at = time.time()
         self.metrics.last_change = changed_at
         self.metrics.lnd_channels = len(backup.chan_points)
         # LND's own check before the backup counts: it must open with this node's keys.
         lnd.verify_multi(backup.packed)
         data = age.encrypt(backup.packed, self.recipients)
-        name = backup_name(changed_at)
-        if name <= self._last_name:  # two changes within one microsecond, or a clock step back
-            name = backup_name(max(changed_at, _name_time(self._last_name)) + 1e-6)
-        self._last_name = name
-        item = _Pending(name=name, data=data, chan_points=backup.chan_points, changed_at=changed_at)
+        item = _Pending(pubkey=pubkey, data=data, chan_points=backup.chan_points, changed_at=changed_at)
         for worker in self.workers:
             worker.submit(item)
         self.metrics.write()
@@ -908,11 +994,15 @@ class Watcher:
             try:
                 with Lnd(self.endpoint) as lnd:
                     self.lnd = lnd
+                    # Which node this is goes into every file name: nodes sharing a target each
+                    # keep their own backups. Asked at each connection: another node may answer.
+                    pubkey = lnd.get_info().pubkey
+                    node_tag(pubkey)
                     # Subscribe before the full export so no change falls between the two.
                     self._stream = stream = lnd.subscribe_channel_backups()
                     if self.stopping.is_set():  # stopped before there was a stream to cancel
                         return
-                    self._take(lnd, lnd.export_all_channel_backups())
+                    self._take(lnd, pubkey, lnd.export_all_channel_backups())
                     if on_ready:
                         on_ready()
                         on_ready = None
@@ -920,7 +1010,7 @@ class Watcher:
                     for backup in stream:
                         if self.stopping.is_set():
                             break
-                        self._take(lnd, backup)
+                        self._take(lnd, pubkey, backup)
                     if self.stopping.is_set():
                         # Still connected: the copies in flight are checked by LND as usual.
                         self._finish()
@@ -1014,8 +1104,3 @@ def _stopping_on(signals: Sequence[int], stop: Callable[[], None]) -> Iterator[N
         os.close(write_fd)
         waiter.join(5)
         os.close(read_fd)
-
-
-def _name_time(name: str) -> float:
-    stamp = name[len(PREFIX) : -len(SUFFIX)]
-    return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=timezone.utc).timestamp()

@@ -45,6 +45,7 @@ from bcm_tools.errors import DaemonError  # noqa: E402
 from bcm_tools.lnd import Lnd  # noqa: E402
 
 WATCH_URIS = (
+    "/lnrpc.Lightning/GetInfo",
     "/lnrpc.Lightning/SubscribeChannelBackups",
     "/lnrpc.Lightning/ExportAllChannelBackups",
     "/lnrpc.Lightning/VerifyChanBackup",

@@ -17,7 +17,7 @@ import pytest
 
 from bcm_tools import age
 from bcm_tools import backup as backup_module
-from bcm_tools.backup import LocalTarget, SshOptions, parse_target
+from bcm_tools.backup import LocalTarget, SshOptions, node_tag, parse_target
 from bcm_tools.lnd import Lnd
 from lnd_regtest import LndNode, Network, stop_process, wait_for
 from sshd_loopback import LoopbackSshd, backup_connections
@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.lnd, pytest.mark.btcd]
 
 # The RPCs `backup watch` makes, and nothing else; the NixOS module bakes the same set.
 WATCH_URIS = (
+    "/lnrpc.Lightning/GetInfo",
     "/lnrpc.Lightning/SubscribeChannelBackups",
     "/lnrpc.Lightning/ExportAllChannelBackups",
     "/lnrpc.Lightning/VerifyChanBackup",
@@ -79,7 +80,8 @@ class Watch:
     """`bcm-tools backup watch` as a child process, read through its journal and metrics."""
 
     def __init__(self, directory: Path, node: LndNode, targets: list[str], keys: dict[str, Path],
-                 sshd: LoopbackSshd | None, extra: list[str] = (), wrapper: list[str] = ()):
+                 sshd: LoopbackSshd | None, extra: list[str] = (), wrapper: list[str] = (),
+                 clock_ahead: float = 0):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.journal = directory / "journal.jsonl"
@@ -87,8 +89,13 @@ class Watch:
         macaroon = directory / "backup.macaroon"
         if not macaroon.exists():
             node.bake_macaroon(macaroon, *WATCH_URIS)
+        cli = CLI
+        if clock_ahead:
+            # The watcher's wall clock (time.time) runs ahead by this much; nothing else changes.
+            cli = [sys.executable, "-c", f"import time; now = time.time; time.time = lambda: now() + {clock_ahead!r}; "
+                   "from bcm_tools.cli import main; main()"]
         args = [
-            *wrapper, *CLI, "backup", "watch",
+            *wrapper, *cli, "backup", "watch",
             "--lnd-rpc", node.rpc, "--lnd-tls-cert", str(node.tls_cert), "--lnd-macaroon", str(macaroon),
             "-r", age.recipient_of(keys["operator"]), "-r", age.recipient_of(keys["second"]),
             "--journal", str(self.journal), "--retry-max", "2", *extra,
@@ -104,6 +111,10 @@ class Watch:
         if not self.journal.exists():
             return []
         return [json.loads(line) for line in self.journal.read_text().splitlines() if line.endswith("}")]
+
+    def files(self, target: str) -> list[str]:
+        """The files the journal says this watcher made durable in `target`."""
+        return [entry["file"] for entry in self.entries() if entry["target"] == target]
 
     def mark(self) -> int:
         """A point in the journal; `wait_durable(..., since=mark)` ignores what came before."""
@@ -132,10 +143,10 @@ class Watch:
 
 def check_latest(target_spec: str, sshd: LoopbackSshd | None, keys: dict[str, Path], node: LndNode,
                  chan_points: list[str]) -> str:
-    """The newest file in the target decrypts with each recipient's key and LND verifies it."""
+    """The newest file of `node` in the target decrypts with each recipient's key and LND verifies it."""
     ssh = SshOptions(identity=sshd.client_key, known_hosts=sshd.known_hosts) if sshd else None
     target = parse_target(target_spec, ssh)
-    name = target.latest()
+    name = target.latest(node_tag(node.pubkey()))
     assert name is not None, f"{target_spec} holds no backup"
     data = target.read(name)
     with Lnd(node.endpoint()) as lnd:
@@ -290,6 +301,76 @@ def test_one_ssh_connection_carries_every_change_and_a_lost_one_is_made_again(
         watch.wait_durable(label, alice.channel_points(), since=mark)
         assert sshd.logins() - logins == 2, "the next change goes over the new connection"
         check_latest(target, sshd, keys, alice, alice.channel_points())
+    finally:
+        watch.stop()
+
+
+def test_two_nodes_sharing_targets_each_keep_their_own_newest(network, alice, bob, keys, sshd, tmp_path):
+    """alice's and bob's watchers write to the same local and SSH directories, and a channel
+    between them changes both nodes' backups at once. Each file names its node; each node keeps
+    its own `--keep 2` newest, and its newest is its own current backup."""
+    local = tmp_path / "shared"
+    local.mkdir()
+    remote = sshd.directory / "remote-shared"
+    remote.mkdir()
+    targets = [str(local), sshd.url(remote)]
+    labels = [parse_target(t).label for t in targets]
+    ssh = SshOptions(identity=sshd.client_key, known_hosts=sshd.known_hosts)
+    watches = {node: Watch(tmp_path / node.name, node, targets, keys, sshd, extra=["--keep", "2"]) for node in (alice, bob)}
+    try:
+        for node, watch in watches.items():
+            for label in labels:
+                watch.wait_durable(label, node.channel_points())
+        for _ in range(2):
+            marks = {node: watch.mark() for node, watch in watches.items()}
+            network.open_channel(alice, bob)
+            for node, watch in watches.items():
+                now = node.channel_points()
+                for label, spec in zip(labels, targets, strict=True):
+                    entry = watch.wait_durable(label, now, since=marks[node])
+                    assert entry["node"] == node.pubkey()
+                    assert check_latest(spec, sshd, keys, node, now) in watch.files(label)
+        for spec in targets:
+            target = parse_target(spec, ssh)
+            mine = {node: target.names(node_tag(node.pubkey())) for node in (alice, bob)}
+            assert all(len(names) == 2 for names in mine.values()), mine
+            assert sorted(target.names()) == sorted(mine[alice] + mine[bob])
+    finally:
+        for watch in watches.values():
+            watch.stop()
+
+
+def test_a_clock_behind_the_names_in_the_target_never_costs_the_new_backup(
+    network, alice, bob, keys, sshd, tmp_path
+):
+    """A watcher whose clock ran a day ahead filled the targets; the clock is then set right (a
+    reboot, NTP), so the names already there are in the watcher's future. What it writes now must
+    stay, be the newest, and be in the target whenever the journal says it is durable."""
+    local = tmp_path / "bulk"
+    local.mkdir()
+    remote = sshd.directory / "remote-clock"
+    remote.mkdir()
+    targets = [str(local), sshd.url(remote)]
+    labels = [parse_target(t).label for t in targets]
+    ssh = SshOptions(identity=sshd.client_key, known_hosts=sshd.known_hosts)
+    ahead = Watch(tmp_path / "ahead", alice, targets, keys, sshd, extra=["--keep", "1"], clock_ahead=86_400)
+    try:
+        for label in labels:
+            ahead.wait_durable(label, alice.channel_points())
+    finally:
+        ahead.stop()
+
+    watch = Watch(tmp_path / "watch", alice, targets, keys, sshd, extra=["--keep", "1"])
+    try:
+        for label, spec in zip(labels, targets, strict=True):
+            entry = watch.wait_durable(label, alice.channel_points())
+            assert entry["file"] in parse_target(spec, ssh).names(), f"{label}: journalled durable, then pruned"
+        mark = watch.mark()
+        network.open_channel(alice, bob)
+        now = alice.channel_points()
+        for label, spec in zip(labels, targets, strict=True):
+            watch.wait_durable(label, now, since=mark)
+            assert check_latest(spec, sshd, keys, alice, now) in watch.files(label)
     finally:
         watch.stop()
 
@@ -537,7 +618,7 @@ def test_disaster_drill_restore_from_seed_and_backup_brings_the_funds_back(netwo
         watch.wait_durable(f"local:{bulk}", [point])
     finally:
         watch.stop()
-    newest = bulk / LocalTarget(bulk).latest()
+    newest = bulk / LocalTarget(bulk).latest(node_tag(pubkey))
 
     carol.destroy()
     reborn = LndNode("carol", carol.bin_dir, carol.directory, network.btcd, network.stubs)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bcm_tools.backup import SshOptions, SshTarget, backup_name, backup_names, parse_target
+from bcm_tools.backup import SshOptions, SshTarget, backup_names, parse_target
 from bcm_tools.errors import TargetError
 from lnd_regtest import wait_for
 from sshd_loopback import LoopbackSshd, backup_connections
@@ -43,9 +43,17 @@ def connect(sshd: LoopbackSshd, remote: Path, known_hosts: Path | None = None) -
     return target
 
 
-def backup(i: int) -> tuple[str, bytes]:
-    """The i-th backup: a name in time order and contents of its own."""
-    return backup_name(1_800_000_000 + i), hashlib.sha256(str(i).encode()).digest() * 20
+NODE = "02ab34cd56ef7890"  # the tag of the node whose backups these are
+
+
+def contents(i: int) -> bytes:
+    return hashlib.sha256(str(i).encode()).digest() * 20
+
+
+def store(target: SshTarget, i: int, keep: int = 5) -> tuple[str, bytes]:
+    """Stores the i-th backup; returns the name the target gave it, and its contents."""
+    data = contents(i)
+    return target.store(NODE, data, keep, 1_800_000_000 + i), data
 
 
 def on_disk(remote: Path) -> dict[str, bytes]:
@@ -61,11 +69,13 @@ def test_many_copies_go_over_one_connection(sshd, remote):
     logins = sshd.logins()
     target = connect(sshd, remote)
     try:
+        stored = []
         for i in range(40):
-            name, data = backup(i)
-            target.store(name, data, keep=50)
+            name, data = store(target, i, keep=50)
             assert target.read(name) == data
-        assert target.names() == [backup(i)[0] for i in range(40)]
+            stored.append(name)
+        assert target.names() == stored
+        assert target.names(NODE) == stored and target.latest(NODE) == stored[-1]
         assert sshd.logins() - logins == 1, "every store, read and listing should share the first connection"
         assert len(backup_connections(os.getpid())) == 1
     finally:
@@ -78,13 +88,12 @@ def test_a_dropped_connection_is_made_again_at_the_next_copy(sshd, remote):
     logins = sshd.logins()
     target = connect(sshd, remote)
     try:
-        first, second = backup(1), backup(2)
-        target.store(*first, keep=5)
+        first = store(target, 1)
         sshd.drop_connections()  # as a network outage or a restart of the remote host would
         # Our ssh notices and exits. (A copy sent before it has noticed fails and is retried by
         # the target's worker, as when the connection is killed in the middle of a copy.)
         wait_for("our end to notice", lambda: target._session.proc.poll() is not None, timeout=10)
-        target.store(*second, keep=5)
+        second = store(target, 2)
         assert on_disk(remote) == dict([first, second])
         assert sshd.logins() - logins == 2
     finally:
@@ -97,13 +106,12 @@ def test_a_connection_killed_mid_copy_leaves_the_previous_copy_and_the_next_one_
     logins = sshd.logins()
     target = connect(sshd, remote)
     try:
-        first, second = backup(1), backup(2)
-        target.store(*first, keep=5)
+        first = store(target, 1)
         failed: list[BaseException] = []
 
         def store_second() -> None:
             try:
-                target.store(*second, keep=5)
+                store(target, 2)
             except TargetError as err:
                 failed.append(err)
 
@@ -118,9 +126,10 @@ def test_a_connection_killed_mid_copy_leaves_the_previous_copy_and_the_next_one_
             assert failed and "connection lost" in str(failed[0]), failed
             assert on_disk(remote) == dict([first])
         # The cut-off copy on the remote side may still complete its rename now; it was checked
-        # whole before. Either way the retry lands and nothing is left half-written.
-        target.store(*second, keep=5)
-        assert on_disk(remote) == dict([first, second])
+        # whole before. Either way the retry lands, newest, and nothing is left half-written.
+        second = store(target, 2)
+        assert target.latest(NODE) == second[0]
+        assert set(on_disk(remote).values()) == {first[1], second[1]}
         assert target.read(second[0]) == second[1]
         wait_for("no temporary files left", lambda: not leftovers(remote), timeout=10)
         assert sshd.logins() - logins == 2
@@ -134,17 +143,17 @@ def test_an_upload_cut_short_never_replaces_a_good_remote_copy(sshd, remote):
     SHA-256, so a short file never replaces a good one whatever brings it."""
     target = connect(sshd, remote)
     try:
-        first = backup(1)
-        target.store(*first, keep=5)
-        name, full = backup(2)
+        first = store(target, 1)
+        full = contents(2)
         half = full[: len(full) // 2]
         session = target._session
-        status, _, err = session.request(f"store {name} {hashlib.sha256(full).hexdigest()} 5 {len(half)}", half)
+        request = f"store {NODE} 20270115T080002Z {hashlib.sha256(full).hexdigest()} 5"
+        status, _, err = session.request(f"{request} {len(half)}", half)
         assert status == 6 and b"upload arrived incomplete" in err
         assert on_disk(remote) == dict([first])
 
         with session.lock:
-            session._write(f"store {name} {hashlib.sha256(full).hexdigest()} 5 {len(full)}\n".encode() + half, time.monotonic() + 10)
+            session._write(f"{request} {len(full)}\n".encode() + half, time.monotonic() + 10)
             session._stop()  # as our process dying would: end of input, half-way through
         assert on_disk(remote) == dict([first])
         assert target.read(first[0]) == first[1]
@@ -160,15 +169,14 @@ def test_a_changed_host_key_is_refused(tmp_path):
     remote.mkdir()
     target = connect(server, remote)
     try:
-        first = backup(1)
-        target.store(*first, keep=5)
+        first = store(target, 1)
         # The host comes back with another key: reinstalled, or someone else answering its address.
         server.stop()
         server.new_host_key()
         server.start()
         for attempt in range(2):
             with pytest.raises(TargetError, match="cannot connect: its host key is not the one in known_hosts \\(Host key verification failed.\\)"):
-                target.store(*backup(2 + attempt), keep=5)
+                store(target, 2 + attempt)
         assert on_disk(remote) == dict([first])
         assert server.logins() == 1
     finally:
@@ -185,7 +193,7 @@ def test_an_unknown_host_is_not_trusted_on_first_use(sshd, remote, tmp_path):
     target = connect(sshd, remote, known_hosts=empty)
     try:
         with pytest.raises(TargetError, match=r"cannot connect: known_hosts has no key for it \(Host key verification failed.\)"):
-            target.store(*backup(1), keep=5)
+            store(target, 1)
         assert empty.read_text() == ""
         assert on_disk(remote) == {}
         assert sshd.logins() == logins
