@@ -315,6 +315,9 @@ class LndNode:
     def channel_points(self) -> list[str]:
         return sorted(c["channel_point"] for c in self.cli("listchannels")["channels"])
 
+    def active_channel_points(self) -> list[str]:
+        return sorted(c["channel_point"] for c in self.cli("listchannels", "--active_only")["channels"])
+
 
 class Network:
     """btcd plus LND nodes; B mines, so A's wallet only ever changes by its own channels."""
@@ -384,7 +387,9 @@ class Network:
         point = wait_for("pending channel", pending_point, timeout=30)
         wait_for("funding tx in mempool", lambda: txid in self.btcd.cli("getrawmempool"), timeout=30)
         self.btcd.mine(6)
-        wait_for(f"channel {point} active", lambda: point in a.channel_points() and point in b.channel_points(), timeout=90)
+        # Listed is not usable: a payment fails ("FAILED", no route) until both ends have
+        # brought the channel's link up, which `--active_only` shows.
+        wait_for(f"channel {point} active", lambda: point in a.active_channel_points() and point in b.active_channel_points(), timeout=90)
         return point
 
     def close_channel(self, a: LndNode, point: str) -> None:

@@ -73,6 +73,9 @@ class UnitLnd:
     def channel_points(self) -> list[str]:
         return sorted(c["channel_point"] for c in self.cli("listchannels")["channels"])
 
+    def active_channel_points(self) -> list[str]:
+        return sorted(c["channel_point"] for c in self.cli("listchannels", "--active_only")["channels"])
+
 
 class SandboxUnit:
     """The lnd unit as `rollback` stops and starts it, run by tests/sandbox.py instead of systemd."""
@@ -269,6 +272,9 @@ def test_a_payment_after_the_upgrade_makes_rollback_refuse_until_forced_with_the
     host, net, carol, unit = node_pair
     point, snapshot = upgrade_with_a_channel(host, net, carol, unit)
     invoice = unit.cli("addinvoice", "--amt=1000")["payment_request"]
+    # The restarted node and carol reconnect on their own; until the link is up again a
+    # payment fails without a route.
+    wait_for(f"channel {point} active again", lambda: point in carol.active_channel_points(), timeout=90)
     carol.cli("payinvoice", f"--pay_req={invoice}", "--force")
     stop_unit(host)
     changes = lnd_rollback.read_state(host.path(DATA)).since[snapshot.name].changes
