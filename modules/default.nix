@@ -10,6 +10,7 @@
     ./lnd-backups.nix
     ./monerod.nix
     ./kafka.nix
+    ./events.nix
     ./secrets.nix
     ./monitoring.nix
     ./connect.nix

@@ -10,6 +10,7 @@
   lnd = ./lnd.nix;
   monerod = ./monerod.nix;
   kafka = ./kafka.nix;
+  events = ./events.nix;
   secrets = ./secrets.nix;
   monitoring = ./monitoring.nix;
   connect = ./connect.nix;

@@ -11,6 +11,7 @@
   ./lnd-backups.nix
   ./monerod.nix
   ./kafka.nix
+  ./events.nix
   ./operator.nix
   ./operator-secrets.nix
   ./monitoring.nix

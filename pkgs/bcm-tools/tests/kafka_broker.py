@@ -93,7 +93,8 @@ class KafkaBroker:
 
         cluster = base64.urlsafe_b64encode(self.cluster_id).decode().rstrip("=")
         run = subprocess.run(
-            java_command(self.env, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(self.properties)),
+            # "=": a base64 id may start with "-", which would be read as an option.
+            java_command(self.env, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(self.properties)),
             capture_output=True,
             text=True,
             timeout=120,

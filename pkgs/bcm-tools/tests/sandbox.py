@@ -353,9 +353,10 @@ class Host:
         if len(matches) != 1:
             raise KeyError(f"{len(matches)} rendered files end with {name_suffix}")
         target = self.store / Path(matches[0]).relative_to("/nix/store")
+        mode = target.stat().st_mode & 0o555  # a script stays executable
         target.chmod(0o644)
         target.write_text(edit(target.read_text()))
-        target.chmod(0o444)
+        target.chmod(mode)
         return matches[0]
 
     def file_text(self, name_suffix: str) -> str:

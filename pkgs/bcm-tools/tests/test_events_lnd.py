@@ -1,21 +1,34 @@
 """`bcm-tools events bridge` following a real LND (v0.20.1-beta, btcd as its chain, regtest) into
-a real Kafka broker on 127.0.0.1, with a macaroon baked for reading only.
+a real Kafka broker on 127.0.0.1, with the macaroon bcm.events bakes: the permissions are read
+from the `events` fixture host's export (the module's rendered post-start step of LND), so the
+module's list is the one shown to be enough.
 
 alice runs the bridge; she opens a channel to bob, pays an invoice of bob's and is paid one of
 her own: lnd.channels, lnd.transactions, lnd.payments and lnd.invoices each get their events."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+
 import pytest
 from events_stack import Bridge, stop_all_bridges
 from kafka_broker import KafkaBroker
 from lnd_regtest import Network, wait_for
+from sandbox import load_export
 
 pytestmark = [pytest.mark.kafka, pytest.mark.lnd, pytest.mark.btcd, pytest.mark.repo]
 
 PREFIX = "lnd-test"
 TOPICS = ["lnd.channels", "lnd.invoices", "lnd.payments", "lnd.transactions"]
-READ_ONLY = ["info:read", "invoices:read", "offchain:read", "onchain:read"]
+
+
+def module_permissions() -> list[str]:
+    """What bcm.events has LND bake for the bridge, from the rendered lnd-post-start script."""
+    (script,) = [text for path, text in load_export("events")["files"].items() if path.endswith("-lnd-post-start")]
+    (line,) = [line for line in script.splitlines() if "bakemacaroon --save_to=/run/lnd/events.macaroon" in line]
+    words = shlex.split(line)
+    return words[words.index("--save_to=/run/lnd/events.macaroon") + 1 :]
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +66,9 @@ def by_key(broker: KafkaBroker, topic: str) -> dict[str, list[dict]]:
 def test_channel_payment_and_invoice_events_arrive(network, broker, tmp_path):
     alice, bob = network.nodes
     macaroon = tmp_path / "events.macaroon"
-    alice.cli("bakemacaroon", f"--save_to={macaroon}", *READ_ONLY)
+    permissions = module_permissions()
+    assert permissions and all(p.startswith("uri:/") for p in permissions)
+    alice.cli("bakemacaroon", f"--save_to={macaroon}", *permissions)
     bridge = Bridge(
         tmp_path / "bridge",
         [
@@ -63,6 +78,13 @@ def test_channel_payment_and_invoice_events_arrive(network, broker, tmp_path):
         ],
         env={"BCM_LND_STUBS": network.stubs},
     )  # fmt: skip
+    # The macaroon reads the streams and nothing else: not even a channel list, nor an invoice.
+    for refused in (["addinvoice", "--amt=1"], ["listchannels"], ["walletbalance"]):
+        run = subprocess.run(
+            [str(alice.bin_dir / "lncli"), "--network=regtest", f"--rpcserver={alice.rpc}", f"--tlscertpath={alice.tls_cert}", f"--macaroonpath={macaroon}", *refused],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode != 0 and "permission denied" in run.stderr, (refused, run.stderr)
     bridge.start()
     # Each stream is followed once it has said nothing for a moment; none is down.
     wait_for("LND's streams followed", lambda: all(

@@ -8,7 +8,9 @@ the others keep flowing.
 - `lnd.payments`: the router's TrackPayments, keyed by payment hash.
 - `lnd.transactions`: SubscribeTransactions, keyed by txid.
 
-The macaroon needs only `info:read`, `invoices:read`, `offchain:read` and `onchain:read`.
+The macaroon needs only the five RPCs: lnrpc.Lightning's GetInfo, SubscribeChannelEvents,
+SubscribeInvoices and SubscribeTransactions, and routerrpc.Router's TrackPayments (bcm.events
+bakes it with exactly those `uri:` permissions).
 """
 
 from __future__ import annotations
