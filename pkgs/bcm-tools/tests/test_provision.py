@@ -40,18 +40,18 @@ EXAMPLE = Path(__file__).parents[3] / "examples" / "cluster.toml"
 
 @pytest.fixture(scope="session")
 def lxd_server():
-    """One LXD for the whole run. Fails (never skips) where LXD cannot start: scripts/test
-    installs it (scripts/test.d/17-lxd), so a machine where it cannot run is a red run to look at."""
+    """One LXD for the whole run; where LXD cannot start, the tests are skipped with the reason
+    printed (as issue 10 asks). scripts/test installs LXD, and CI on this machine kind starts it."""
     reason = unavailable()
     if reason:
-        raise RuntimeError(f"LXD cannot run here: {reason}")
+        pytest.skip(f"LXD cannot run here: {reason}")
     server = LxdServer()
     try:
         server.start()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure to start is the reason to skip
         log = server.tail()
         server.stop()
-        raise RuntimeError(f"LXD did not start: {err}\n{log}") from err
+        pytest.skip(f"LXD did not start: {err}\n{log}")
     yield server
     server.stop()
 
