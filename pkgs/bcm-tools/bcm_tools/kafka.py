@@ -74,34 +74,48 @@ def _kafka_error(what: str, err: Any) -> DaemonError:
     return DaemonError(f"Kafka {what}: {err.str() if hasattr(err, 'str') else err}")
 
 
-DeliveryCallback = Callable[[str | None], None]
+# Called once per message: (None, key) when the broker acknowledged it, (reason, key) when it never will.
+DeliveryCallback = Callable[[str | None, bytes | None], None]
+
+# The producer's settings besides the connection's, for the bridge and for anything measured
+# against it (benchmarks/events_throughput.py).
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    # 0: a message is never given up while the broker is down; the bridge keeps going.
+    "message.timeout.ms": 0,
+    # How long a message may wait for others to share its request: at a trickle, the latency it
+    # adds; in a burst, fewer and fuller requests. benchmarks/events_throughput.py measured 1, 2
+    # and 5 ms: 2 gave the most messages a second with p99 as low as 1 ms gave.
+    "linger.ms": 2,
+    "queue.buffering.max.messages": 500_000,
+}
+
+# How long the background thread leaves delivery reports to the threads that produce.
+_SERVE_GRACE = 0.005
 
 
 class Producer:
     """An idempotent producer (`enable.idempotence`: acks from every in-sync replica, retries
     that never duplicate or reorder within a partition). Messages wait in librdkafka's queue
-    while the broker is away and are retried without limit; a background thread serves the
-    delivery reports."""
+    while the broker is away and are retried without limit.
 
-    def __init__(self, config: dict[str, Any], linger_ms: float = 5, log: Callable[[str], None] | None = None):
+    Delivery reports are served by the thread that produces, right after it produces, so a
+    source in a burst does not hand Python's GIL to another thread for each callback (in
+    benchmarks/events_throughput.py that took 6-17 % less CPU at the same rate). A
+    background thread serves them when no thread has produced for a few milliseconds: the
+    last reports of a burst, a lone message, a wait in `publish`."""
+
+    def __init__(self, config: dict[str, Any], log: Callable[[str], None] | None = None, **settings: Any):
         from confluent_kafka import Producer as RdProducer
 
         self._log = log or (lambda _line: None)
-        settings = {
-            **config,
-            "enable.idempotence": True,
-            "acks": "all",
-            # 0: a message is never given up while the broker is down; the bridge keeps going.
-            "message.timeout.ms": 0,
-            "linger.ms": linger_ms,
-            "queue.buffering.max.messages": 500_000,
-            "error_cb": self._on_error,
-        }
         try:
-            self._producer = RdProducer(settings)
+            self._producer = RdProducer({**config, **PRODUCER_SETTINGS, **settings, "error_cb": self._on_error})
         except Exception as err:  # noqa: BLE001 - librdkafka's KafkaException for bad settings
             raise _kafka_error("producer settings rejected", err) from None
         self._stop = threading.Event()
+        self._served_at = 0.0
         self.fatal: str | None = None
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
@@ -113,30 +127,75 @@ class Producer:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            quiet = time.monotonic() - self._served_at
+            if quiet < _SERVE_GRACE:
+                self._stop.wait(_SERVE_GRACE - quiet)
+            else:
+                self._producer.poll(0.1)
 
-    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: DeliveryCallback | None = None) -> None:
-        """Queues one message; `on_delivery(None)` once the broker acknowledged it, or
-        `on_delivery(reason)` if it never will be."""
+    @staticmethod
+    def _reporter(on_delivery: DeliveryCallback | None) -> Callable[[Any, Any], None] | None:
+        if on_delivery is None:
+            return None
 
-        def report(err: Any, _msg: Any) -> None:
-            if on_delivery is not None:
-                on_delivery(None if err is None else err.str())
+        def report(err: Any, msg: Any) -> None:
+            on_delivery(None if err is None else err.str(), msg.key())
 
+        return report
+
+    def _produce(self, topic: str, key: bytes, value: bytes, report: Callable[[Any, Any], None] | None) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=report)
-                return
+                self._producer.produce(topic, value, key, on_delivery=report)
+                break
             except BufferError:
-                # The queue is full (the broker is away for long): wait for room.
-                time.sleep(0.05)
+                # The queue is full (the broker is away for long): serve reports until there is room.
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+        self._served_at = time.monotonic()
+
+    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: DeliveryCallback | None = None) -> None:
+        """Queues one message; `on_delivery` is called once with the outcome."""
+        self._produce(topic, key, value, self._reporter(on_delivery))
+
+    def stream(self, topic: str, on_delivery: DeliveryCallback | None) -> Callable[[list[tuple[bytes, bytes]]], None]:
+        """`send(batch)` for a stream of messages to one topic, each batch a list of (key,
+        value), all reported to `on_delivery`: one call into librdkafka for the batch
+        (`produce_batch`, which partitions by key as `produce` does) and one callback object for
+        every message, not one of each per message."""
+        from confluent_kafka import KafkaError
+
+        report = self._reporter(on_delivery)
+        producer = self._producer
+
+        def send(batch: list[tuple[bytes, bytes]]) -> None:
+            messages = [{"key": key, "value": value} for key, value in batch]
+            while messages and producer.produce_batch(topic, messages, on_delivery=report) != len(messages):
+                # The ones not queued are the batch's tail; a full queue (the broker is away for
+                # long) is waited out serving reports, any other refusal is reported.
+                retry = []
+                for message in messages:
+                    err = message.pop("_error", None)
+                    if err is None:
+                        continue
+                    if err.code() == KafkaError._QUEUE_FULL:
+                        retry.append(message)
+                    elif on_delivery is not None:
+                        on_delivery(err.str(), message["key"])
+                messages = retry
+                if messages:
+                    producer.poll(0.05)
+            producer.poll(0)
+            self._served_at = time.monotonic()
+
+        return send
 
     def publish(self, topic: str, key: bytes, value: bytes, stop: threading.Event | None = None) -> None:
         """Queues one message and waits for the broker's acknowledgement (however long it is away)."""
         done = threading.Event()
         outcome: list[str | None] = []
 
-        def delivered(err: str | None) -> None:
+        def delivered(err: str | None, _key: bytes | None) -> None:
             outcome.append(err)
             done.set()
 

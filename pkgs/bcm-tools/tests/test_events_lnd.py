@@ -101,19 +101,21 @@ def test_channel_payment_and_invoice_events_arrive(network, broker, tmp_path):
     funding_txid = point.split(":")[0]
     wait_for("the funding transaction, confirmed", lambda: any(m["num_confirmations"] >= 1 for m in by_key(broker, "lnd.transactions").get(funding_txid, [])), timeout=60, interval=1)
 
-    # alice pays bob: her payment goes in flight, then succeeds.
+    # alice pays bob: her payment goes in flight, then succeeds. Until bob's channel_ready has
+    # reached her, seconds after both list the channel active, LND gives her channel no local
+    # balance and fails the payment (insufficient_balance): it is tried again until it goes.
     bob_invoice = bob.cli("addinvoice", "--amt=20000", "--memo=to bob")
-    alice.cli("payinvoice", "--force", bob_invoice["payment_request"])
+    wait_for("alice's payment", lambda: alice.cli("payinvoice", "--force", bob_invoice["payment_request"]), timeout=60, interval=1)
     hash_out = bob_invoice["r_hash"]
     wait_for("the payment's success", lambda: "SUCCEEDED" in [m["status"] for m in by_key(broker, "lnd.payments").get(hash_out, [])], timeout=60, interval=1)
     payment = by_key(broker, "lnd.payments")[hash_out][-1]
-    assert payment["value_msat"] == 20_000_000 and payment["schema"] == "lnd.payments/1"
+    assert payment["status"] == "SUCCEEDED" and payment["value_msat"] == 20_000_000 and payment["schema"] == "lnd.payments/1"
 
     # bob pays alice: her invoice is added, then settled.
     alice_invoice = alice.cli("addinvoice", "--amt=5000", "--memo=to alice")
     hash_in = alice_invoice["r_hash"]
     wait_for("the invoice added", lambda: hash_in in by_key(broker, "lnd.invoices"), timeout=30, interval=1)
-    bob.cli("payinvoice", "--force", alice_invoice["payment_request"])
+    wait_for("bob's payment", lambda: bob.cli("payinvoice", "--force", alice_invoice["payment_request"]), timeout=60, interval=1)
     wait_for("the invoice settled", lambda: "settled" in [m["event"] for m in by_key(broker, "lnd.invoices")[hash_in]], timeout=60, interval=1)
     invoice = by_key(broker, "lnd.invoices")[hash_in]
     assert [m["event"] for m in invoice] == ["added", "settled"]

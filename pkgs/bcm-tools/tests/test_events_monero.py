@@ -147,3 +147,94 @@ def test_broker_restart_while_blocks_keep_coming_loses_nothing(broker, monerod, 
     assert [m["height"] for m in blocks(broker, prefix)] == list(range(start + 1, start + 21))
     assert bridge.proc is not None and bridge.proc.poll() is None
     assert bridge.stop() == 0
+
+
+def test_pool_frames_arrive_and_garbage_on_the_feed_is_counted_and_skipped(broker, monerod, tmp_path):
+    """monerod's pool cannot be filled on regtest without a wallet, so the feed here is a ZMQ
+    publisher of the test's, sending frames in monerod's `json-minimal-txpool_add` format and
+    garbage among them; monerod itself answers the bridge's RPC."""
+    import json
+    import secrets
+
+    import zmq
+    from lnd_regtest import free_port
+
+    prefix = "pool"
+    broker.create_topics([f"{prefix}.monero.blocks"], partitions=1)
+    broker.create_topics([f"{prefix}.monero.txpool"], partitions=3)
+    port = free_port()
+    feed = zmq.Context.instance().socket(zmq.PUB)
+    feed.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        directory = tmp_path / "bridge"
+        directory.mkdir()
+        bridge = Bridge(
+            directory,
+            [
+                f"--kafka={broker.bootstrap}", f"--kafka-properties={broker.client_properties(directory / 'events.properties')}",
+                f"--topic-prefix={prefix}", f"--state={directory / 'state.json'}", f"--monerod-rpc={monerod.rpc_url}",
+                f"--monerod-zmq=tcp://127.0.0.1:{port}",
+            ],
+        )  # fmt: skip
+        bridge.start()
+        wait_for("the bridge at monerod's tip", lambda: "starting at the tip" in bridge.output(), timeout=60)
+
+        def entry() -> dict:
+            return {"id": secrets.token_hex(32), "blob_size": 1534, "weight": 1536, "fee": 30680000}
+
+        def pool(*entries: dict) -> bytes:
+            return b"json-minimal-txpool_add:" + json.dumps(list(entries)).encode()
+
+        def published() -> float:
+            return bridge.metric('bcm_events_published_total{topic="monero.txpool"}')
+
+        # A subscriber misses what is sent before it is connected: send until one arrives.
+        wait_for("the feed subscribed", lambda: (feed.send(pool(entry())), time.sleep(0.2), published() >= 1)[-1], timeout=30)
+        before = published()
+        good = [entry(), entry(), entry()]
+        # Each passes the subscription's topic prefixes, so the bridge receives it.
+        garbage = [
+            [b"json-minimal-chain_main"],
+            [b"json-minimal-txpool_add:{not json"],
+            [pool({**entry(), "fee": "30680000"})],
+            [pool(entry(), {**entry(), "id": "Z" * 64})],
+            [b"json-minimal-txpool_addition:[]"],
+            [b'json-minimal-chain_main:{"first_height": "x"}'],
+            [pool(entry()), b"a second part"],
+        ]
+        feed.send(pool(good[0], good[1]))
+        for frames in garbage:
+            feed.send_multipart(frames)
+        feed.send(pool(good[2]))
+        wait_for("the garbage counted", lambda: bridge.metric('bcm_events_malformed_total{source="monerod"}') == len(garbage), timeout=30)
+        wait_for("the good entries published", lambda: published() == before + 3, timeout=30)
+        by_key = {key.decode(): value for key, value in broker.read_all(f"{prefix}.monero.txpool")}
+        for sent in good:
+            assert by_key[sent["id"]] == {**by_key[sent["id"]], **sent, "schema": "monero.txpool/1", "nettype": "fakechain"}
+        assert "skipped a malformed ZMQ frame of" in bridge.output()
+        assert bridge.metric('bcm_events_source_up{source="monerod"}') == 1
+        assert bridge.stop() == 0
+    finally:
+        feed.close(0)
+
+
+def test_a_stream_batch_larger_than_the_producers_queue_waits_for_room_and_loses_nothing(broker):
+    """The producer's queue holds 10 messages here: a batch of 250 is queued in parts as the
+    broker acknowledges the earlier ones, in order within each key's partition, each reported once."""
+    from bcm_tools import kafka
+
+    topic = "queue-full.monero.txpool"
+    broker.create_topics([topic], partitions=3)
+    producer = kafka.Producer(broker.client_config("events"), **{"queue.buffering.max.messages": 10})
+    reports: list[tuple[str | None, bytes | None]] = []
+    try:
+        send = producer.stream(topic, lambda err, key: reports.append((err, key)))
+        batch = [(f"key-{n % 7}".encode(), f'{{"n": {n}}}'.encode()) for n in range(250)]
+        send(batch)
+        assert producer.flush(60) == 0
+    finally:
+        producer.close()
+    assert sorted(reports) == sorted((None, key) for key, _ in batch)
+    got = broker.read_all(topic)
+    for key in {key for key, _ in batch}:
+        assert [value["n"] for k, value in got if k == key] == [n for n in range(250) if f"key-{n % 7}".encode() == key]

@@ -113,3 +113,71 @@ def test_bad_bridge_input_is_one_line_and_a_non_zero_exit(run_cli, tmp_path, arg
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# -- the monero.txpool fast path -----------------------------------------------------------------
+
+_hex64 = st.text("0123456789abcdef", min_size=64, max_size=64)
+_entry = st.fixed_dictionaries({"id": _hex64, "blob_size": st.integers(1, 2**64 - 1), "weight": st.integers(1, 2**64 - 1), "fee": st.integers(0, 2**64 - 1)})
+# Anything JSON can carry in those fields, right or wrong.
+_json_value = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=70), _hex64, _hex64.map(str.upper))
+_any_entry = st.dictionaries(st.sampled_from(["id", "blob_size", "weight", "fee", "extra"]), _json_value)
+
+
+@given(st.lists(_entry, max_size=5), st.floats(0, 2**32, allow_nan=False), st.sampled_from(["mainnet", "fakechain", 'odd "net"\\']))
+def test_pool_messages_are_what_the_model_encodes(entries, seen_at, nettype):
+    """A json-minimal-txpool_add body validated and encoded without building models gives the
+    bytes the model gives, key for key."""
+    from bcm_tools.events.monero import pool_messages
+
+    got = pool_messages(json.dumps(entries).encode(), nettype, seen_at)
+    expected = [(e["id"].encode(), schemas.encode(schemas.MoneroTx(seen_at=seen_at, nettype=nettype, **e))) for e in entries]
+    assert got == expected
+
+
+@given(st.one_of(st.lists(_any_entry, max_size=4), _json_value, st.dictionaries(st.text(max_size=5), _json_value, max_size=3)))
+def test_pool_messages_accept_nothing_the_model_refuses(body):
+    """Validation is no weaker than the model's: a body the fast path takes holds only entries the
+    model takes (it is stricter: a number must be a JSON integer, not a string or a float)."""
+    from pydantic import ValidationError
+
+    from bcm_tools.events.bridge import Malformed
+    from bcm_tools.events.monero import pool_messages
+
+    try:
+        messages = pool_messages(json.dumps(body).encode(), "mainnet", 1.0)
+    except Malformed:
+        return
+    assert isinstance(body, list) and len(messages) == len(body)
+    for entry, (key, value) in zip(body, messages):
+        fields = {k: v for k, v in entry.items() if k != "extra"}
+        try:
+            model = schemas.MoneroTx(seen_at=1.0, nettype="mainnet", **fields)
+        except ValidationError as err:
+            raise AssertionError(f"the fast path took {entry!r}, which the model refuses: {err}") from None
+        assert key == model.id.encode() and value == schemas.encode(model)
+
+
+_GOOD = {"id": "b" * 64, "blob_size": 1, "weight": 1, "fee": 0}
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"not json", "txpool_add: Invalid JSON"),
+        (b'{"id": "x"}', "txpool_add: Input should be a valid array"),
+        ([_GOOD, {**_GOOD, "id": "B" * 64}], "txpool_add: 1.id: String should match pattern"),
+        ([_GOOD, {**_GOOD, "fee": -1}], "txpool_add: 1.fee: Input should be greater than or equal to 0"),
+        ([_GOOD, {**_GOOD, "fee": "5"}], "txpool_add: 1.fee: Input should be a valid integer"),
+        ([_GOOD, {**_GOOD, "weight": 1.0}], "txpool_add: 1.weight: Input should be a valid integer"),
+        ([_GOOD, {k: v for k, v in _GOOD.items() if k != "fee"}], "txpool_add: 1.fee: Field required"),
+    ],
+)
+def test_a_malformed_pool_frame_is_refused_whole_naming_what_failed(body, reason):
+    """One bad entry refuses the frame, the good entry before it too: nothing of it is sent."""
+    from bcm_tools.events.bridge import Malformed
+    from bcm_tools.events.monero import pool_messages
+
+    with pytest.raises(Malformed) as refused:
+        pool_messages(body if isinstance(body, bytes) else json.dumps(body).encode(), "mainnet", 1.0)
+    assert str(refused.value).startswith(reason)

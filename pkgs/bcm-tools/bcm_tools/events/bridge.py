@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bcm_tools.errors import BcmError
@@ -52,6 +52,17 @@ class Metrics:
         key = (name, tuple(sorted(labels.items())))
         with self._lock:
             self._values[key] = self._values.get(key, 0) + amount
+
+    def counter(self, name: str, **labels: str) -> Callable[[], None]:
+        """`add(name, 1, **labels)` with the series looked up once, for a counter bumped per message."""
+        key = (name, tuple(sorted(labels.items())))
+        lock, values = self._lock, self._values
+
+        def bump() -> None:
+            with lock:
+                values[key] = values.get(key, 0) + 1
+
+        return bump
 
     def set(self, name: str, value: float, **labels: str) -> None:
         with self._lock:
@@ -95,10 +106,15 @@ class Metrics:
         return server
 
 
+DeliveryCallback = Callable[[str | None, bytes | None], None]
+
+
 class Sink(Protocol):
     """Where messages go: the Kafka producer (bcm_tools.kafka.Producer)."""
 
-    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: Callable[[str | None], None] | None = None) -> None: ...
+    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: DeliveryCallback | None = None) -> None: ...
+
+    def stream(self, topic: str, on_delivery: DeliveryCallback | None) -> Callable[[list[tuple[bytes, bytes]]], None]: ...
 
     def publish(self, topic: str, key: bytes, value: bytes, stop: threading.Event | None = None) -> None: ...
 
@@ -114,23 +130,46 @@ class Context:
     stop: threading.Event
     # The newest message of each partition of a topic (prefixed name), decoded; for reconcile.
     newest: Callable[[str], list[schemas._Message]] = lambda _topic: []
+    _reports: dict[str, DeliveryCallback] = field(default_factory=dict)
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}.{name}"
 
+    def _delivered(self, name: str) -> DeliveryCallback:
+        """The delivery report of every message to topic `name`: counted, or logged if refused."""
+        if name not in self._reports:
+            bump = self.metrics.counter("bcm_events_published_total", topic=name)
+
+            def delivered(err: str | None, _key: bytes | None) -> None:
+                if err is None:
+                    bump()
+                else:
+                    log.error("kafka refused a message for %s: %s", name, err)
+
+            self._reports[name] = delivered
+        return self._reports[name]
+
     def send(self, message: schemas._Message, on_acked: Callable[[], None] | None = None) -> None:
         """Queues `message`; Kafka retries it until acknowledged. `on_acked` runs then."""
         name = schemas.topic_of(message)
+        report = self._delivered(name)
+        if on_acked is not None:
+            counted = report
 
-        def delivered(err: str | None) -> None:
-            if err is None:
-                self.metrics.add("bcm_events_published_total", topic=name)
-                if on_acked is not None:
+            def report_and_run(err: str | None, key: bytes | None) -> None:
+                counted(err, key)
+                if err is None:
                     on_acked()
-            else:
-                log.error("kafka refused a message for %s: %s", name, err)
 
-        self.sink.produce(self.topic(name), schemas.key_of(message), schemas.encode(message), delivered)
+            report = report_and_run
+        self.sink.produce(self.topic(name), schemas.key_of(message), schemas.encode(message), report)
+
+    def stream(self, name: str) -> Callable[[list[tuple[bytes, bytes]]], None]:
+        """`send(batch)` for a source's stream of messages to topic `name`, a batch of (key,
+        value), each value already validated against the topic's model and encoded
+        (schemas.wire_encoder): the path of a busy topic, without a model and a callback built
+        for every message, and one call into the producer per batch."""
+        return self.sink.stream(self.topic(name), self._delivered(name))
 
     def send_and_wait(self, message: schemas._Message) -> None:
         """Publishes `message` and returns once Kafka acknowledged it."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
 
 from bcm_tools.events import schemas
 from bcm_tools.events.bridge import ChainFollower, Context, Malformed
@@ -25,6 +26,31 @@ TXPOOL_TOPIC = b"json-minimal-txpool_add"
 # With nothing from ZMQ for this long, the chain is compared over RPC anyway.
 QUIET_SYNC_SECONDS = 10.0
 RANGE = 100  # headers per get_block_headers_range call
+# Frames taken from the socket before the loop looks at the stop signal and the quiet timer.
+DRAIN = 10_000
+# Pool messages handed to the producer at once; in a burst, each waits for at most this many.
+BATCH = 500
+
+_TX = schemas.MoneroTx.model_fields
+
+
+@with_config(ConfigDict(strict=True))
+class _PoolEntry(TypedDict):
+    """One transaction of a `json-minimal-txpool_add` frame, checked with the monero.txpool
+    model's own constraints on these fields, strictly (a JSON integer is an integer, not a
+    string or a float); other keys are ignored."""
+
+    id: Annotated[str, _TX["id"]]
+    blob_size: Annotated[int, _TX["blob_size"]]
+    weight: Annotated[int, _TX["weight"]]
+    fee: Annotated[int, _TX["fee"]]
+
+
+# A frame's body is parsed and validated in one call of pydantic-core's validator, without
+# json.loads and a model per transaction; the message is encoded from the validated fields.
+_VALIDATE_POOL = TypeAdapter(list[_PoolEntry]).validator.validate_json
+_ENCODE_TX = schemas.wire_encoder(schemas.MoneroTx)
+_TX_SCHEMA = _TX["schema_id"].default
 
 
 class MoneroChain:
@@ -71,14 +97,30 @@ class MoneroChain:
             )
 
 
-def parse_frame(frame: bytes) -> tuple[bytes, Any]:
-    topic, sep, body = frame.partition(b":")
-    if not sep:
-        raise Malformed("no topic separator")
+def parse_json(body: bytes) -> Any:
     try:
-        return topic, json.loads(body)
+        return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise Malformed(f"not JSON ({err})") from None
+
+
+def _first_error(err: ValidationError) -> str:
+    problem = err.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in problem["loc"])
+    return f"{where}: {problem['msg']}" if where else problem["msg"]
+
+
+def pool_messages(body: bytes, nettype: str, seen_at: float) -> list[tuple[bytes, bytes]]:
+    """The monero.txpool messages of a `json-minimal-txpool_add` body, (key, value) each; the
+    whole frame is refused if any entry is malformed."""
+    try:
+        entries = _VALIDATE_POOL(body)
+    except ValidationError as err:
+        raise Malformed(f"txpool_add: {_first_error(err)}") from None
+    return [
+        (entry["id"].encode(), _ENCODE_TX({"seen_at": seen_at, "schema": _TX_SCHEMA, "nettype": nettype, **entry}))
+        for entry in entries
+    ]
 
 
 class MoneroSource:
@@ -114,6 +156,9 @@ class MoneroSource:
         import zmq
 
         follower.start("monero.blocks")
+        send_tx = context.stream("monero.txpool")
+        nettype = view.nettype
+        recv, again, noblock = socket.recv, zmq.Again, zmq.NOBLOCK
         last_sync = time.monotonic()
         while not context.stop.is_set():
             if not socket.poll(500):
@@ -121,25 +166,40 @@ class MoneroSource:
                     follower.sync()
                     last_sync = time.monotonic()
                 continue
-            # Everything already queued, without polling again for each message.
-            for _ in range(10_000):
+            # Everything already queued, without polling again for each message; pool messages
+            # go to the producer a batch at a time.
+            pool: list[tuple[bytes, bytes]] = []
+            for _ in range(DRAIN):
                 try:
-                    frames = socket.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+                    part = recv(noblock, copy=False)
+                except again:
                     break
-                frame = frames[0] if len(frames) == 1 else b"".join(frames)
+                frame = part.bytes
+                if part.more:
+                    # monerod sends one part per message: the rest belongs to this one.
+                    frame += b"".join(socket.recv_multipart())
+                topic, sep, body = frame.partition(b":")
                 try:
-                    topic, body = parse_frame(frame)
-                    if topic == CHAIN_TOPIC:
-                        if not self._on_chain(follower, view, body):
+                    if topic == TXPOOL_TOPIC:
+                        pool += pool_messages(body, nettype, time.time())
+                        if len(pool) >= BATCH:
+                            send_tx(pool)
+                            pool = []
+                    elif not sep:
+                        raise Malformed("no topic separator")
+                    elif topic == CHAIN_TOPIC:
+                        if pool:
+                            send_tx(pool)
+                            pool = []
+                        if not self._on_chain(follower, view, parse_json(body)):
                             follower.sync()
                             last_sync = time.monotonic()
-                    elif topic == TXPOOL_TOPIC:
-                        self._on_txpool(context, view.nettype, body)
                     else:
                         raise Malformed(f"unexpected topic {topic[:40]!r}")
                 except Malformed as err:
                     context.malformed(self.name, "ZMQ frame", frame, str(err))
+            if pool:
+                send_tx(pool)
 
     def _on_chain(self, follower: ChainFollower, view: MoneroChain, body: Any) -> bool:
         """Publishes the notified blocks if they extend the published tip (their headers over
@@ -155,17 +215,3 @@ class MoneroSource:
             if not follower.extend(message):
                 return False
         return True
-
-    def _on_txpool(self, context: Context, nettype: str, body: Any) -> None:
-        if not isinstance(body, list):
-            raise Malformed("txpool_add that is not a list")
-        for entry in body:
-            try:
-                context.send(
-                    schemas.MoneroTx(
-                        seen_at=time.time(), nettype=nettype, id=entry["id"], blob_size=entry["blob_size"],
-                        weight=entry["weight"], fee=entry["fee"],
-                    )
-                )
-            except (KeyError, TypeError, ValidationError) as err:
-                raise Malformed(f"txpool_add entry: {err.__class__.__name__}") from None

@@ -13,9 +13,11 @@ payment hash, a channel point. Block topics have one partition, so blocks stay i
 from __future__ import annotations
 
 import json
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from typing_extensions import TypedDict
 
 Hex32 = Field(pattern=r"^[0-9a-f]{64}$")
 
@@ -164,6 +166,18 @@ def key_of(message: _Message) -> bytes:
 
 def encode(message: _Message) -> bytes:
     return message.model_dump_json(by_alias=True).encode()
+
+
+def wire_encoder(model: type[_Message]) -> Callable[[dict[str, Any]], bytes]:
+    """`encode` for a message given as a dict instead of a model: its fields by their JSON
+    names, in the model's order, with values already validated by the model's own constraints
+    (a TypeAdapter over the same FieldInfos, see monero.py). The JSON is the one `encode` writes
+    (tests/test_events_schemas.py checks); building no model saves most of a busy stream's
+    per-message work."""
+    fields = {field.alias or name: field.annotation for name, field in model.model_fields.items()}
+    wire = TypedDict(f"{model.__name__}Wire", fields)  # type: ignore[misc]
+    # pydantic-core's serializer itself: TypeAdapter.dump_json's Python layer costs as much again.
+    return TypeAdapter(wire).serializer.to_json
 
 
 def schema_file_name(topic: str) -> str:
