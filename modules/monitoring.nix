@@ -813,7 +813,8 @@ in
       };
       port = lib.mkOption {
         type = lib.types.port;
-        default = 9093;
+        # Not Alertmanager's usual 9093: bcm.kafka's KRaft controller listens there.
+        default = 9095;
         description = "Alertmanager's port on loopback.";
       };
       receivers = lib.mkOption {
@@ -855,19 +856,26 @@ in
         assertion = lib.all (target: lib.elem target backups.targets) backupTargetsWithLimit;
         message = "bcm.monitoring.alerts.backupMaxAgeByTarget names a target that is not in bcm.lnd.backups.targets.";
       }
-      {
-        assertion =
-          lib.length (
-            lib.unique [
-              cfg.port
-              cfg.nodeExporter.port
-              cfg.exporter.port
-              cfg.alertmanager.port
-              cfg.kafkaJmxPort
-            ]
-          ) == 5;
-        message = "bcm.monitoring: port, nodeExporter.port, exporter.port, alertmanager.port and kafkaJmxPort must all differ.";
-      }
+      (
+        let
+          # Every loopback port monitoring opens, and Kafka's, which share the same address.
+          ports = [
+            cfg.port
+            cfg.nodeExporter.port
+            cfg.exporter.port
+            cfg.kafkaJmxPort
+          ]
+          ++ lib.optional cfg.alertmanager.enable cfg.alertmanager.port
+          ++ lib.optionals kafka.enable [
+            kafka.port
+            kafka.controllerPort
+          ];
+        in
+        {
+          assertion = lib.length (lib.unique ports) == lib.length ports;
+          message = "bcm.monitoring: port, nodeExporter.port, exporter.port, alertmanager.port, kafkaJmxPort and bcm.kafka's port and controllerPort must all differ (all on 127.0.0.1).";
+        }
+      )
     ];
 
     # What the exporter needs from the daemons: a read-only RPC user, a read-only macaroon, Tor's
