@@ -348,7 +348,10 @@ def test_upgrade_snapshots_the_data_a_downgrade_is_refused_and_rollback_restores
     assert f"latest_version={old.db_version}, db_version={old.db_version}" in (host.root / "lnd.log").read_text(errors="replace").rsplit("Version: ", 1)[1]
     reconnect(net, carol, unit)
     wait_for(f"channel {point} active again", lambda: point in unit.active_channel_points() and point in carol.active_channel_points(), timeout=90)
-    carol.cli("payinvoice", f"--pay_req={unit.cli('addinvoice', '--amt=1000')['payment_request']}", "--force")
+    restored_invoice = unit.cli("addinvoice", "--amt=1000")["payment_request"]
+    # LND may still refuse for a moment after both ends list the channel active (no local
+    # balance until channel_reestablish is done); a refused payment is simply tried again.
+    wait_for("carol's payment", lambda: carol.cli("payinvoice", f"--pay_req={restored_invoice}", "--force"), timeout=60, interval=1)
     assert any(c["channel_point"] == point and int(c["remote_balance"]) > 0 for c in unit.cli("listchannels")["channels"])
     # The data it replaced is kept, as the newer version left it.
     assert lnd_rollback.read_version(result.replaced).version == new.version
@@ -372,7 +375,7 @@ def test_a_payment_after_the_upgrade_makes_rollback_refuse_until_forced_with_the
     # Until the link is up again a payment fails without a route.
     reconnect(net, carol, unit)
     wait_for(f"channel {point} active again", lambda: point in unit.active_channel_points() and point in carol.active_channel_points(), timeout=90)
-    carol.cli("payinvoice", f"--pay_req={invoice}", "--force")
+    wait_for("carol's payment", lambda: carol.cli("payinvoice", f"--pay_req={invoice}", "--force"), timeout=60, interval=1)
     stop_unit(host)
     changes = lnd_rollback.read_state(host.path(DATA)).since[snapshot.name].changes
     assert any(c.startswith(f"channel {point}: commitment height") for c in changes), changes
