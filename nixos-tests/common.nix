@@ -22,6 +22,28 @@ let
     lib.isAttrs v && !lib.isDerivation v && valueOrNull (v.enable or null) == true;
 in
 rec {
+  # `virtualisation` settings for a node whose fast and bulk tiers are two small ext4 disks,
+  # /dev/vdb and /dev/vdc (the root disk is /dev/vda). The tiers must be mounted through
+  # virtualisation.fileSystems: qemu-vm.nix replaces `fileSystems` with it.
+  twoDiskTiers = storage: {
+    emptyDiskImages = [
+      1024
+      2048
+    ];
+    fileSystems = {
+      ${storage.fast} = {
+        device = "/dev/vdb";
+        fsType = "ext4";
+        autoFormat = true;
+      };
+      ${storage.bulk} = {
+        device = "/dev/vdc";
+        fsType = "ext4";
+        autoFormat = true;
+      };
+    };
+  };
+
   # A node's storage tiers with the mount the VM must have for each. qemu-vm.nix replaces the
   # host's `fileSystems` with `virtualisation.fileSystems`, so a node that declares its tiers
   # only the host's way has no mount here (device null), and the script says so.

@@ -19,26 +19,8 @@ let
     { config, ... }:
     {
       imports = [ testDefaults ];
-      virtualisation = {
+      virtualisation = common.twoDiskTiers storage // {
         memorySize = 2048;
-        # /dev/vdb and /dev/vdc (the root disk is /dev/vda), one per tier. The tiers must be
-        # mounted through virtualisation.fileSystems: qemu-vm.nix replaces `fileSystems` with it.
-        emptyDiskImages = [
-          1024
-          2048
-        ];
-        fileSystems = {
-          ${storage.fast} = {
-            device = "/dev/vdb";
-            fsType = "ext4";
-            autoFormat = true;
-          };
-          ${storage.bulk} = {
-            device = "/dev/vdc";
-            fsType = "ext4";
-            autoFormat = true;
-          };
-        };
       };
       networking.firewall.allowedTCPPorts = [
         config.bcm.bitcoind.port

@@ -44,24 +44,8 @@ let
     { config, ... }:
     {
       imports = [ testDefaults ];
-      virtualisation = {
+      virtualisation = common.twoDiskTiers storage // {
         memorySize = 2048;
-        emptyDiskImages = [
-          1024
-          2048
-        ];
-        fileSystems = {
-          ${storage.fast} = {
-            device = "/dev/vdb";
-            fsType = "ext4";
-            autoFormat = true;
-          };
-          ${storage.bulk} = {
-            device = "/dev/vdc";
-            fsType = "ext4";
-            autoFormat = true;
-          };
-        };
       };
       networking.firewall.allowedTCPPorts = [
         config.bcm.bitcoind.port

@@ -33,26 +33,9 @@ in
   nodes = {
     guarded = {
       imports = [ testDefaults ];
-      virtualisation = {
+      virtualisation = common.twoDiskTiers storage // {
         memorySize = 3072;
         cores = 2;
-        # /dev/vdb and /dev/vdc (the root disk is /dev/vda), one per tier.
-        emptyDiskImages = [
-          1024
-          2048
-        ];
-        fileSystems = {
-          ${storage.fast} = {
-            device = "/dev/vdb";
-            fsType = "ext4";
-            autoFormat = true;
-          };
-          ${storage.bulk} = {
-            device = "/dev/vdc";
-            fsType = "ext4";
-            autoFormat = true;
-          };
-        };
       };
       bcm = {
         network = "regtest";
